@@ -20,8 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._env import environment  # noqa: E402
-from workers.estimation import EstimateConfig, calibrate, load_model  # noqa: E402
-from workers.estimation.demo import demo_splits, ensure_demo_model  # noqa: E402
+from flipwatch.demos.data import demo_splits, ensure_demo_model  # noqa: E402
+from flipwatch.workers.estimation import EstimateConfig, calibrate, load_model  # noqa: E402
 
 
 def main() -> None:

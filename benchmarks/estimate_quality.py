@@ -23,16 +23,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._env import environment  # noqa: E402
-from workers.estimation import EstimateConfig, calibrate, load_model  # noqa: E402
-from workers.estimation.calibration import (  # noqa: E402
-    Calibration,
-    baseline_errors,
-    fit_points,
-)
-from workers.estimation.demo import demo_splits, ensure_demo_model  # noqa: E402
-from workers.estimation.flips import fit_monotone_quadratic  # noqa: E402
-from workers.estimation.trajectory import resolve_device  # noqa: E402
-from workers.offline_demo import estimate_demo_sets  # noqa: E402
+from flipwatch.demos.data import demo_splits, ensure_demo_model  # noqa: E402
+from flipwatch.demos.offline import estimate_demo_sets  # noqa: E402
+from flipwatch.workers.estimation import EstimateConfig, calibrate, load_model  # noqa: E402
+from flipwatch.workers.estimation.calibration import baseline_errors, fit_points  # noqa: E402
+from flipwatch.workers.estimation.calibration_result import Calibration  # noqa: E402
+from flipwatch.workers.estimation.flips import fit_monotone_quadratic  # noqa: E402
+from flipwatch.workers.estimation.trajectory import resolve_device  # noqa: E402
 
 
 def nested_selected_mae(calibration: Calibration) -> float:

@@ -21,11 +21,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._env import environment, peak_rss_bytes  # noqa: E402
-from workers.estimation.adapt import RDumb, prepare_adaptation_copy, set_mode  # noqa: E402
-from workers.estimation.config import default_epsilon  # noqa: E402
-from workers.estimation.images import normalize  # noqa: E402
-from workers.estimation.spec import ModelSpec  # noqa: E402
-from workers.estimation.trajectory import deterministic_kernels, predict  # noqa: E402
+from flipwatch.workers.estimation.adapt import RDumb, prepare_adaptation_copy, set_mode  # noqa: E402
+from flipwatch.workers.estimation.config import default_epsilon  # noqa: E402
+from flipwatch.workers.estimation.images import normalize  # noqa: E402
+from flipwatch.workers.estimation.spec import ModelSpec  # noqa: E402
+from flipwatch.workers.estimation.trajectory import deterministic_kernels, predict  # noqa: E402
 
 PROBE = 1000
 
@@ -40,13 +40,13 @@ def build(name: str) -> tuple[torch.nn.Module, ModelSpec]:
         )
         return torchvision.models.resnet50(weights=None).eval(), spec
     if name == "demo":
-        from workers.estimation.zoo import mnist_cnn
+        from flipwatch.workers.estimation.zoo import mnist_cnn
 
         torch.manual_seed(0)
         spec = ModelSpec(
             name="demo",
             format="entrypoint",
-            entrypoint="workers.estimation.zoo:mnist_cnn",
+            entrypoint="mnist_cnn",
             num_classes=10,
             input={"color": "L", "size": [28, 28], "mean": [0.1307], "std": [0.3081]},
         )

@@ -27,9 +27,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.calibrations import latest_calibration
-from service.errors import AlertRuleExists, AlertRuleNotFound, InvalidAlertRule
-from service.models import (
+from flipwatch.service.calibrations import latest_calibration
+from flipwatch.service.errors import AlertRuleExists, AlertRuleNotFound, InvalidAlertRule
+from flipwatch.service.models import (
     EMBEDDING_KINDS,
     AlertEvent,
     AlertRule,
@@ -38,9 +38,9 @@ from service.models import (
     Stream,
     utcnow,
 )
-from service.pagination import Cursor, keyset_page
-from service.streams import get_stream
-from service.webhooks import enqueue_notification
+from flipwatch.service.pagination import Cursor, keyset_page
+from flipwatch.service.streams import get_stream
+from flipwatch.service.webhooks import enqueue_notification
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.errors import Invalid, NotAuthenticated, PermissionDenied
-from service.models import ROLES, ApiKey
+from flipwatch.service.errors import Invalid, NotAuthenticated, PermissionDenied
+from flipwatch.service.models import ROLES, ApiKey
 
 TOKEN_PREFIX = "fw_"
 

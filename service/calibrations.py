@@ -12,12 +12,12 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.archives import extract_image_folder
-from service.errors import ArchiveRejected, CalibrationNotFound
-from service.jobs import create_calibration_job
-from service.models import Calibration, Job, Model
-from service.schemas import CalibrationOptions
-from service.settings import Settings
+from flipwatch.service.archives import extract_image_folder
+from flipwatch.service.errors import ArchiveRejected, CalibrationNotFound
+from flipwatch.service.jobs import create_calibration_job
+from flipwatch.service.models import Calibration, Job, Model
+from flipwatch.service.schemas import CalibrationOptions
+from flipwatch.service.settings import Settings
 
 
 def latest_calibration(

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
-from service.settings import Settings
+from flipwatch.service.settings import Settings
 
 # Named constraints: Alembic's SQLite batch mode needs names to alter or drop them.
 NAMING_CONVENTION = {

@@ -7,10 +7,10 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.errors import EstimateNotFound, Invalid
-from service.models import Estimate
-from service.pagination import Cursor
-from service.streams import get_stream
+from flipwatch.service.errors import EstimateNotFound, Invalid
+from flipwatch.service.models import Estimate
+from flipwatch.service.pagination import Cursor
+from flipwatch.service.streams import get_stream
 
 
 def list_estimates(

@@ -21,11 +21,11 @@ from PIL import UnidentifiedImageError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service import storage
-from service.errors import BatchRejected, BatchTooLarge, EmptyBatch, IdempotencyConflict
-from service.models import ApiKey, Batch, Image, Job, Stream
-from service.settings import Settings
-from service.streams import close_window, get_stream, lock_stream
+from flipwatch.service import storage
+from flipwatch.service.errors import BatchRejected, BatchTooLarge, EmptyBatch, IdempotencyConflict
+from flipwatch.service.models import ApiKey, Batch, Image, Job, Stream
+from flipwatch.service.settings import Settings
+from flipwatch.service.streams import close_window, get_stream, lock_stream
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
 

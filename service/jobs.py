@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.errors import JobNotFound
-from service.models import Calibration, Estimate, Job, Model, Stream
+from flipwatch.service.errors import JobNotFound
+from flipwatch.service.models import Calibration, Estimate, Job, Model, Stream
 
 DEFAULT_MAX_ATTEMPTS = 3
 

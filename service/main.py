@@ -17,8 +17,8 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.api.problems import register_problem_handlers
-from service.api.routes import (
+from flipwatch.service.api.problems import register_problem_handlers
+from flipwatch.service.api.routes import (
     alerts,
     batches,
     calibrations,
@@ -30,12 +30,13 @@ from service.api.routes import (
     status_page,
     streams,
 )
-from service.auth import ensure_api_key
-from service.db import make_engine, make_sessionmaker
-from service.dispatch import JobDispatcher, NullDispatcher
-from service.metrics import ApiMetrics, MetricsMiddleware
-from service.settings import Settings
-from service.webhooks import WebhookDeliverer
+from flipwatch.service.auth import ensure_api_key
+from flipwatch.service.db import make_engine, make_sessionmaker
+from flipwatch.service.dispatch import JobDispatcher, NullDispatcher
+from flipwatch.service.metrics import ApiMetrics, MetricsMiddleware
+from flipwatch.service.models_registry import ModelCheck
+from flipwatch.service.settings import Settings
+from flipwatch.service.webhooks import WebhookDeliverer
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,10 @@ def create_app(
     dispatcher: JobDispatcher | None = None,
     session_factory: sessionmaker[Session] | None = None,
     broker_check: Callable[[], None] | None = None,
+    model_check: ModelCheck | None = None,
 ) -> FastAPI:
-    """Build the API. `dispatcher` receives job ids after commit (default: NullDispatcher)."""
+    """Build the API. `dispatcher` receives job ids after commit (default: NullDispatcher);
+    `model_check` proves a registered model loads (the start-up code passes the estimator's)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -103,6 +106,7 @@ def create_app(
     if broker_check is None and settings.redis_url:
         broker_check = redis_check(settings.redis_url)
     app.state.broker_check = broker_check
+    app.state.model_check = model_check
     app.state.webhook_deliverer = None
     app.state.metrics = ApiMetrics(lambda: app.state.sessionmaker)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

@@ -30,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.models import JOB_STATES, AlertRule, Estimate, Job, Model, Stream
+from flipwatch.service.models import JOB_STATES, AlertRule, Estimate, Job, Model, Stream
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from service.db import Base
+from flipwatch.service.db import Base
 
 ROLES = ("admin", "ingest", "read")
 JOB_KINDS = ("estimate", "calibrate")
@@ -50,7 +50,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is not None and value.tzinfo is None:
-            raise ValueError("naive datetime; use service.models.utcnow()")
+            raise ValueError("naive datetime; use flipwatch.service.models.utcnow()")
         return value.astimezone(UTC) if value is not None else None
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:

@@ -1,4 +1,7 @@
-"""Model registration: a ModelSpec plus its weights file, checked by the estimator's `load_model`.
+"""Model registration: a ModelSpec plus its weights file, checked by the injected `ModelCheck`.
+
+The check (the estimator's `load_model`, passed in by the process's start-up code) runs in the API
+process but is never imported by this package, which stays torch-free.
 
 Weights are stored content-addressed at `data_dir/models/<sha256>.pt`; the stored spec points at
 that absolute path, so the worker loads exactly what was validated here.
@@ -10,21 +13,25 @@ import hashlib
 import os
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service import storage
-from service.errors import InvalidModelSpec, ModelNotFound, ModelRejected, PayloadTooLarge
-from service.models import Model
-from service.pagination import Cursor, keyset_page
-from service.settings import Settings
-from workers.estimation.spec import ModelSpec
+from flipwatch.service import storage
+from flipwatch.service.errors import InvalidModelSpec, ModelNotFound, ModelRejected, PayloadTooLarge
+from flipwatch.service.models import Model
+from flipwatch.service.pagination import Cursor, keyset_page
+from flipwatch.service.settings import Settings
+from flipwatch.workers.estimation.spec import ModelSpec
 
 CHUNK = 1 << 20
+
+ModelCheck = Callable[[ModelSpec], None]
+"""Raises ValueError (with a message naming the fix) when a spec plus weights cannot be used."""
 
 
 def parse_spec(text: str) -> ModelSpec:
@@ -65,14 +72,19 @@ def list_models(
     return keyset_page(session, stmt, Model, limit=limit, cursor=cursor)
 
 
-def model_spec(model: Model) -> ModelSpec:
-    return ModelSpec.model_validate(model.spec)
-
-
 def register_model(
-    session: Session, *, settings: Settings, spec_json: str, weights: IO[bytes]
+    session: Session,
+    *,
+    settings: Settings,
+    spec_json: str,
+    weights: IO[bytes],
+    check: ModelCheck | None,
 ) -> Model:
-    """Store the weights, prove the model loads (and has BatchNorm), add version N+1 of its name."""
+    """Store the weights, prove the model loads (and has BatchNorm), add version N+1 of its name.
+
+    Without a `check` (an API process started without the estimator) the worker's first job is
+    where a bad model is reported.
+    """
     spec = parse_spec(spec_json)
     final_dir = Path(settings.data_dir).resolve() / "models"
     final_dir.mkdir(parents=True, exist_ok=True)
@@ -82,7 +94,11 @@ def register_model(
         digest, size = _copy_hashed(weights, fd, limit=settings.max_archive_bytes)
         if size == 0:
             raise ModelRejected("the 'weights' file is empty", errors=[{"field": "weights"}])
-        _validate_loads(spec.model_copy(update={"weights": str(tmp)}))
+        if check is not None:
+            try:
+                check(spec.model_copy(update={"weights": str(tmp)}))
+            except ValueError as exc:
+                raise ModelRejected(str(exc)) from exc
         final = storage.weights_path(Path(settings.data_dir), digest)
         if final.exists():
             tmp.unlink()
@@ -115,13 +131,3 @@ def _copy_hashed(source: IO[bytes], fd: int, *, limit: int) -> tuple[str, int]:
             digest.update(chunk)
             out.write(chunk)
     return digest.hexdigest(), size
-
-
-def _validate_loads(spec: ModelSpec) -> Any:
-    # Imported here: it pulls in torch, which only registration needs in the API process.
-    from workers.estimation.loading import ModelLoadError, load_model
-
-    try:
-        return load_model(spec)
-    except ModelLoadError as exc:
-        raise ModelRejected(str(exc)) from exc

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import Session
 
-from service.errors import Invalid
+from flipwatch.service.errors import Invalid
 
 T = TypeVar("T")
 

@@ -9,9 +9,9 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
-from service.errors import InvalidCalibrationOptions
-from service.models import Calibration, Job
-from service.pagination import Cursor
+from flipwatch.service.errors import InvalidCalibrationOptions
+from flipwatch.service.models import Calibration, Job
+from flipwatch.service.pagination import Cursor
 
 T = TypeVar("T")
 ReadT = TypeVar("ReadT", bound=BaseModel)
@@ -215,7 +215,8 @@ class CalibrationOptions(BaseModel):
         cls, *, steps: int | None, families: str | None, severities: str | None
     ) -> CalibrationOptions:
         """Comma-separated form fields -> options; names and ranges checked, errors name them."""
-        from workers.estimation.corruptions import CORRUPTIONS, SEVERITIES
+        from flipwatch.workers.estimation.families import FAMILIES as CORRUPTIONS
+        from flipwatch.workers.estimation.families import SEVERITIES
 
         names = [f.strip() for f in families.split(",") if f.strip()] if families else None
         unknown = sorted(set(names or []) - set(CORRUPTIONS))

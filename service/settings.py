@@ -66,6 +66,13 @@ class Settings(BaseSettings):
         "processes (about linear speed-up for small models). CUDA workers ignore it.",
     )
 
+    model_builders: dict[str, str] = Field(
+        default_factory=dict,
+        description='JSON object of extra `entrypoint` builders, name -> "module:function", e.g. '
+        '{"my_resnet": "mypkg.nets:build"}. Only this setting is ever imported; a registered '
+        "spec names a builder. The zoo's (mnist_cnn, tiny, efficientnet_lite0) are always there.",
+    )
+
     bootstrap_admin_key: str | None = Field(
         default=None,
         description="An admin token accepted at start-up (created if missing); for first contact.",

@@ -10,8 +10,17 @@ from collections import defaultdict
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.models import JOB_STATES, AlertEvent, AlertRule, Estimate, Job, Model, Stream, utcnow
-from service.schemas import (
+from flipwatch.service.models import (
+    JOB_STATES,
+    AlertEvent,
+    AlertRule,
+    Estimate,
+    Job,
+    Model,
+    Stream,
+    utcnow,
+)
+from flipwatch.service.schemas import (
     StatusAlertMarker,
     StatusJob,
     StatusPoint,

@@ -14,19 +14,19 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.calibrations import estimation_blocker
-from service.errors import (
+from flipwatch.service.calibrations import estimation_blocker
+from flipwatch.service.errors import (
     CalibrationRequired,
     EstimateAlreadyQueued,
     StreamExists,
     StreamNotFound,
     WindowTooSmall,
 )
-from service.jobs import active_estimate_job, create_estimate_job
-from service.models import Job, Model, Stream
-from service.models_registry import get_model
-from service.pagination import Cursor, keyset_page
-from service.settings import Settings
+from flipwatch.service.jobs import active_estimate_job, create_estimate_job
+from flipwatch.service.models import Job, Model, Stream
+from flipwatch.service.models_registry import get_model
+from flipwatch.service.pagination import Cursor, keyset_page
+from flipwatch.service.settings import Settings
 
 # The estimator refuses fewer images (EstimateConfig.min_images); refuse early with a clear 409.
 MIN_WINDOW_IMAGES = 64

@@ -30,8 +30,8 @@ import httpx
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.models import WebhookNotification, utcnow
-from service.settings import Settings
+from flipwatch.service.models import WebhookNotification, utcnow
+from flipwatch.service.settings import Settings
 
 log = logging.getLogger(__name__)
 

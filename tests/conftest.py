@@ -19,12 +19,13 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from service.api.deps import OutboxDep, commit_or_rollback, get_session
-from service.auth import create_api_key
-from service.db import Base, make_engine, make_sessionmaker, upgrade_database
-from service.dispatch import RecordingDispatcher
-from service.main import create_app
-from service.settings import Settings
+from flipwatch.cli.startup import estimator_model_check
+from flipwatch.service.api.deps import OutboxDep, commit_or_rollback, get_session
+from flipwatch.service.auth import create_api_key
+from flipwatch.service.db import Base, make_engine, make_sessionmaker, upgrade_database
+from flipwatch.service.dispatch import RecordingDispatcher
+from flipwatch.service.main import create_app
+from flipwatch.service.settings import Settings
 
 ADMIN_URL = os.environ.get(
     "FLIPWATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -105,6 +106,7 @@ def settings(database_url: str, data_dir: Path) -> Settings:
         database_url=database_url,
         redis_url=None,
         device="cpu",
+        model_builders={"no_batchnorm": "tests.tiny_models:no_batchnorm"},  # an operator's own
         max_file_bytes=64 * 1024,
         max_batch_files=200,
         max_batch_bytes=2 * 1024 * 1024,
@@ -146,7 +148,12 @@ def client(
     settings: Settings, session: Session, dispatcher: RecordingDispatcher, engine: Engine
 ) -> Iterator[TestClient]:
     """The API on the test session: same commit-then-dispatch order as production."""
-    app = create_app(settings, dispatcher=dispatcher, session_factory=make_sessionmaker(engine))
+    app = create_app(
+        settings,
+        dispatcher=dispatcher,
+        session_factory=make_sessionmaker(engine),
+        model_check=estimator_model_check(settings),
+    )
 
     def override_get_session(outbox: OutboxDep) -> Iterator[Session]:
         # What the test arranged counts as committed before the request, so a request's rollback

@@ -14,14 +14,14 @@ from typing import Any
 from PIL import Image as PILImage
 from sqlalchemy.orm import Session
 
-from service.models import ApiKey, Calibration, Estimate, Job, Model, Stream
+from flipwatch.service.models import ApiKey, Calibration, Estimate, Job, Model, Stream
 
 _counter = itertools.count(1)
 
 TINY_SPEC: dict[str, Any] = {
     "name": "tiny",
     "format": "entrypoint",
-    "entrypoint": "workers.estimation.zoo:tiny",
+    "entrypoint": "tiny",
     "entrypoint_kwargs": {},
     "num_classes": 10,
     "input": {"color": "RGB", "size": [32, 32], "mean": [0.5], "std": [0.25]},
@@ -131,7 +131,7 @@ def make_estimate(
 
 
 def make_api_key(session: Session, *, role: str = "ingest") -> tuple[ApiKey, str]:
-    from service.auth import create_api_key
+    from flipwatch.service.auth import create_api_key
 
     return create_api_key(session, role=role, name=f"key-{next_id()}")
 
@@ -195,7 +195,7 @@ def random_id() -> uuid.UUID:
 
 # --- alerts (service/alerts.py) -----------------------------------------------------------------
 
-from service.models import AlertRule, utcnow  # noqa: E402 - appended section, kept together
+from flipwatch.service.models import AlertRule, utcnow  # noqa: E402 - appended section, kept together
 
 
 def estimate_result(

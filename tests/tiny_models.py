@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workers.estimation.zoo import tiny
+from flipwatch.workers.estimation.zoo import tiny
 
 
 def no_batchnorm(num_classes: int = 10) -> nn.Module:

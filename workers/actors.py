@@ -11,7 +11,7 @@ import uuid
 import dramatiq
 from dramatiq import Actor, Broker, Message
 
-from workers import jobs
+from flipwatch.workers import jobs
 
 QUEUE_NAME = "estimation"
 RUN_JOB = "estimation.run_job"

@@ -1,8 +1,8 @@
 """How job ids reach a worker: Redis (Dramatiq) in production, a thread in embedded mode.
 
-Both dispatchers implement service.dispatch.JobDispatcher: the API calls `send(job_id)` after the
-transaction that created the job row committed. `configure_broker` is the only place that sets
-Dramatiq's global broker, and only the entry point calls it.
+Both dispatchers implement `flipwatch.service.dispatch.JobDispatcher`: the API calls
+`send(job_id)` after the transaction that created the job row committed. `configure_broker`
+is the only place that sets Dramatiq's global broker, and only the entry point calls it.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import uuid
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
-from service.settings import Settings
-from workers import jobs
-from workers.actors import run_job_message
-from workers.model_cache import ModelCache
+from flipwatch.service.settings import Settings
+from flipwatch.workers import jobs
+from flipwatch.workers.actors import run_job_message
+from flipwatch.workers.model_cache import ModelCache
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,11 @@ class InProcessWorker:
         self.runtime = jobs.JobRuntime(
             session_factory=session_factory,
             settings=settings,
-            model_cache=model_cache if model_cache is not None else ModelCache(),
+            model_cache=(
+                model_cache
+                if model_cache is not None
+                else ModelCache(builders=settings.model_builders)
+            ),
             worker_name=name or worker_name("embedded"),
             heartbeat_interval=heartbeat_interval,
             calibration_suite=calibration_suite,

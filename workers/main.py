@@ -18,13 +18,18 @@ from typing import Any
 import dramatiq
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 
-from service.db import make_engine, make_sessionmaker
-from service.dispatch import JobDispatcher
-from service.settings import Settings
-from workers import jobs
-from workers.actors import QUEUE_NAME, declare_actors
-from workers.broker import DEFAULT_NAMESPACE, RedisDispatcher, configure_broker, worker_name
-from workers.model_cache import ModelCache
+from flipwatch.service.db import make_engine, make_sessionmaker
+from flipwatch.service.dispatch import JobDispatcher
+from flipwatch.service.settings import Settings
+from flipwatch.workers import jobs
+from flipwatch.workers.actors import QUEUE_NAME, declare_actors
+from flipwatch.workers.broker import (
+    DEFAULT_NAMESPACE,
+    RedisDispatcher,
+    configure_broker,
+    worker_name,
+)
+from flipwatch.workers.model_cache import ModelCache
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +149,7 @@ class WorkerProcess:
         runtime = jobs.JobRuntime(
             session_factory=make_sessionmaker(self.engine),
             settings=self.settings,
-            model_cache=ModelCache(),
+            model_cache=ModelCache(builders=self.settings.model_builders),
             worker_name=worker_name(),
             metrics=self.metrics,
             heartbeat_interval=self.heartbeat_interval,

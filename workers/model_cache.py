@@ -11,13 +11,13 @@ import logging
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from workers.estimation.spec import ModelSpec
+    from flipwatch.workers.estimation.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +33,19 @@ class ModelKey(NamedTuple):
 class ModelCache:
     """A thread-safe LRU of loaded models; `get` loads on a miss (once, even when racing)."""
 
-    def __init__(self, max_models: int = 4, *, loader: Loader | None = None) -> None:
+    def __init__(
+        self,
+        max_models: int = 4,
+        *,
+        loader: Loader | None = None,
+        builders: Mapping[str, str] | None = None,
+    ) -> None:
+        """`builders`: operator-enabled `entrypoint` builders (FLIPWATCH_MODEL_BUILDERS)."""
         if max_models < 1:
             raise ValueError(f"max_models must be at least 1, got {max_models}")
         self.max_models = max_models
         self._loader = loader
+        self._builder_paths = dict(builders or {})
         self._models: OrderedDict[ModelKey, nn.Module] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
@@ -77,6 +85,7 @@ class ModelCache:
     def _load(self, spec: ModelSpec) -> nn.Module:
         if self._loader is not None:
             return self._loader(spec)
-        from workers.estimation.loading import load_model  # torch import cost only when needed
+        # torch import cost only when a model is first needed
+        from flipwatch.workers.estimation.loading import load_model, resolve_builders
 
-        return load_model(spec)
+        return load_model(spec, builders=resolve_builders(self._builder_paths))

@@ -15,10 +15,10 @@ from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from service.auth import ADMIN_ROLES, INGEST_ROLES, READ_ROLES, authenticate, check_role
-from service.dispatch import JobDispatcher
-from service.models import ApiKey
-from service.settings import Settings
+from flipwatch.service.auth import ADMIN_ROLES, INGEST_ROLES, READ_ROLES, authenticate, check_role
+from flipwatch.service.dispatch import JobDispatcher
+from flipwatch.service.models import ApiKey
+from flipwatch.service.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.alerts import evaluate_alerts
-from service.db import make_sessionmaker
-from service.main import create_app
-from service.models import (
+from flipwatch.service.alerts import evaluate_alerts
+from flipwatch.service.db import make_sessionmaker
+from flipwatch.service.main import create_app
+from flipwatch.service.models import (
     AlertEvent,
     AlertRule,
     Calibration,
@@ -32,8 +32,8 @@ from service.models import (
     WebhookNotification,
     utcnow,
 )
-from service.settings import Settings
-from service.webhooks import backoff_seconds, deliver_due, sign
+from flipwatch.service.settings import Settings
+from flipwatch.service.webhooks import backoff_seconds, deliver_due, sign
 from tests.conftest import bearer
 from tests.factories import (
     estimate_result,

@@ -7,9 +7,9 @@ import hashlib
 import pytest
 from sqlalchemy import select
 
-from service.auth import authenticate, create_api_key
-from service.errors import Invalid, NotAuthenticated
-from service.models import ApiKey, utcnow
+from flipwatch.service.auth import authenticate, create_api_key
+from flipwatch.service.errors import Invalid, NotAuthenticated
+from flipwatch.service.models import ApiKey, utcnow
 from tests.conftest import bearer
 from tests.factories import make_stream
 

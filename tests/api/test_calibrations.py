@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from service.archives import extract_image_folder
-from service.errors import ArchiveRejected
-from service.models import Calibration, Job
+from flipwatch.service.archives import extract_image_folder
+from flipwatch.service.errors import ArchiveRejected
+from flipwatch.service.models import Calibration, Job
 from tests.conftest import bearer
 from tests.factories import image_bytes, make_calibration, make_model
 

@@ -12,9 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.metrics import EXPORTED_METRICS, STREAM_LABELS, ApiMetrics
-from service.models import JOB_STATES, Estimate
-from service.settings import Settings
+from flipwatch.service.metrics import EXPORTED_METRICS, STREAM_LABELS, ApiMetrics
+from flipwatch.service.models import JOB_STATES, Estimate
+from flipwatch.service.settings import Settings
 from tests.conftest import bearer
 from tests.factories import (
     estimate_result,
@@ -247,8 +247,8 @@ def test_http_metrics_use_the_route_template(session, scrape, client, admin_toke
 
 
 def test_each_app_has_its_own_registry(settings, engine):
-    from service.db import make_sessionmaker
-    from service.main import create_app
+    from flipwatch.service.db import make_sessionmaker
+    from flipwatch.service.main import create_app
 
     first = create_app(settings, session_factory=make_sessionmaker(engine))
     second = create_app(settings, session_factory=make_sessionmaker(engine))

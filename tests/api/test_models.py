@@ -10,14 +10,14 @@ import uuid
 import pytest
 import torch
 
+from flipwatch.workers.estimation.zoo import tiny
 from tests.conftest import bearer
 from tests.tiny_models import no_batchnorm
-from workers.estimation.zoo import tiny
 
 TINY_SPEC = {
     "name": "shelf-tiny",
     "format": "entrypoint",
-    "entrypoint": "workers.estimation.zoo:tiny",
+    "entrypoint": "tiny",
     "num_classes": 10,
     "input": {"color": "RGB", "size": [32, 32], "mean": [0.5], "std": [0.25]},
 }
@@ -69,13 +69,21 @@ class TestCreateModel:
         assert one == body
 
     def test_refuses_model_without_batchnorm(self, client, admin_token, data_dir):
-        spec = TINY_SPEC | {"entrypoint": "tests.tiny_models:no_batchnorm"}
+        spec = TINY_SPEC | {"entrypoint": "no_batchnorm"}
         response = register(client, admin_token, spec, weights_of(no_batchnorm(num_classes=10)))
         assert response.status_code == 422
         body = response.json()
         assert body["code"] == "model-rejected"
         assert "BatchNorm" in body["detail"]
         assert [p for p in (data_dir / "models").iterdir() if not p.name.startswith(".")] == []
+
+    def test_refuses_an_import_path_as_entrypoint_without_importing_it(
+        self, client, admin_token, tiny_weights
+    ):
+        spec = TINY_SPEC | {"entrypoint": "os:system"}
+        response = register(client, admin_token, spec, tiny_weights)
+        assert response.status_code == 422
+        assert "must be a registered builder name" in response.json()["detail"]
 
     def test_refuses_weights_that_do_not_fit(self, client, admin_token):
         wrong = weights_of(tiny(num_classes=7))

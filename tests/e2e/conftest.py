@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 import redis
 
-from service.settings import Settings
-from workers.estimation.demo import DemoSplits, demo_splits, ensure_demo_model
-from workers.estimation.spec import ModelSpec
-from workers.estimation.variants import make_variant
-from workers.http_demo import FlipwatchClient, reference_zip
-from workers.jobs import CalibrationSuite
+from flipwatch.demos.data import DemoSplits, demo_splits, ensure_demo_model
+from flipwatch.demos.http import FlipwatchClient, reference_zip
+from flipwatch.service.settings import Settings
+from flipwatch.workers.estimation.spec import ModelSpec
+from flipwatch.workers.estimation.variants import make_variant
+from flipwatch.workers.jobs import CalibrationSuite
 
 REDIS_URL = os.environ.get("FLIPWATCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 

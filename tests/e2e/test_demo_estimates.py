@@ -7,9 +7,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workers.estimation import Calibration, EstimateConfig, calibrate, estimate, load_model
-from workers.estimation.trajectory import predict
-from workers.estimation.variants import make_variant
+from flipwatch.workers.estimation import (
+    Calibration,
+    EstimateConfig,
+    calibrate,
+    estimate,
+    load_model,
+)
+from flipwatch.workers.estimation.trajectory import predict
+from flipwatch.workers.estimation.variants import make_variant
 
 pytestmark = pytest.mark.e2e
 

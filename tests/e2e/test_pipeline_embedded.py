@@ -13,11 +13,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from service.models import Estimate
+from flipwatch.cli.startup import ADMIN_KEY_FILE, ServerStack, build_server
+from flipwatch.demos.http import FlipwatchClient
+from flipwatch.service.models import Estimate
+from flipwatch.workers.broker import InProcessWorker
 from tests.e2e.conftest import E2E_SUITE, E2E_WINDOW, Pipeline, e2e_settings
-from workers.broker import InProcessWorker
-from workers.commands import ADMIN_KEY_FILE, ServerStack, build_server
-from workers.http_demo import FlipwatchClient
 
 pytestmark = pytest.mark.e2e
 

@@ -19,7 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from service.models import Calibration, Estimate, Job
+from flipwatch.cli.startup import ServerStack, build_server, free_port
+from flipwatch.demos.http import FlipwatchClient
+from flipwatch.service.models import Calibration, Estimate, Job
+from flipwatch.workers.estimation.spec import ModelSpec
+from flipwatch.workers.main import WorkerProcess
 from tests.conftest import truncate_all
 from tests.e2e.conftest import (
     E2E_STEPS,
@@ -29,10 +33,6 @@ from tests.e2e.conftest import (
     Pipeline,
     e2e_settings,
 )
-from workers.commands import ServerStack, build_server
-from workers.estimation.spec import ModelSpec
-from workers.http_demo import FlipwatchClient, free_port
-from workers.main import WorkerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -66,7 +66,7 @@ def stack(
 
 
 def admin_client(http: httpx.Client, server: ServerStack) -> FlipwatchClient:
-    from service.auth import create_api_key
+    from flipwatch.service.auth import create_api_key
 
     with server.session_factory() as session:
         _, token = create_api_key(session, role="admin", name="e2e")

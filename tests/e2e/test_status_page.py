@@ -18,11 +18,11 @@ import pytest
 import uvicorn
 from sqlalchemy import Engine, select
 
-from service.alerts import evaluate_alerts
-from service.db import make_sessionmaker
-from service.main import create_app
-from service.models import Estimate
-from service.settings import Settings
+from flipwatch.service.alerts import evaluate_alerts
+from flipwatch.service.db import make_sessionmaker
+from flipwatch.service.main import create_app
+from flipwatch.service.models import Estimate
+from flipwatch.service.settings import Settings
 from tests.conftest import truncate_all
 from tests.factories import (
     estimate_result,

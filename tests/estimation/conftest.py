@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from flipwatch.workers.estimation.spec import ModelSpec
 from tests.tiny_models import blob_images, confident_tiny
-from workers.estimation.spec import ModelSpec
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -19,7 +19,7 @@ def tiny_spec() -> ModelSpec:
     return ModelSpec(
         name="tiny",
         format="entrypoint",
-        entrypoint="workers.estimation.zoo:tiny",
+        entrypoint="tiny",
         num_classes=10,
         input={"color": "RGB", "size": [32, 32], "mean": [0.5], "std": [0.25]},
     )

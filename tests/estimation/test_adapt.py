@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from workers.estimation.adapt import (
+from flipwatch.workers.estimation.adapt import (
     RDumb,
     batchnorm_layers,
     bn_affine_parameters,
@@ -14,8 +14,8 @@ from workers.estimation.adapt import (
     prepare_adaptation_copy,
     set_mode,
 )
-from workers.estimation.config import default_epsilon, entropy_threshold
-from workers.estimation.images import normalize
+from flipwatch.workers.estimation.config import default_epsilon, entropy_threshold
+from flipwatch.workers.estimation.images import normalize
 
 
 def _batch(images: torch.Tensor, spec) -> torch.Tensor:

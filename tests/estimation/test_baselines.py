@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from workers.estimation import baselines
-from workers.estimation.baselines import (
+from flipwatch.workers.estimation import baselines
+from flipwatch.workers.estimation.baselines import (
     BaselineReference,
     atc,
     atc_threshold,

@@ -5,15 +5,14 @@ import json
 import pytest
 import torch
 
-from workers.estimation.calibration import (
+from flipwatch.workers.estimation.calibration import fit_points, leave_one_group_out_mae
+from flipwatch.workers.estimation.calibration_result import (
     Calibration,
     CalibrationMissing,
     builtin_calibration,
-    fit_points,
-    leave_one_group_out_mae,
 )
-from workers.estimation.spec import ModelSpec
-from workers.estimation.variants import CalibrationPoint, calibration_variants
+from flipwatch.workers.estimation.spec import ModelSpec
+from flipwatch.workers.estimation.variants import CalibrationPoint, calibration_variants
 
 
 def _point(family: str, accuracy: float, good: float, noise: float) -> CalibrationPoint:
@@ -121,7 +120,7 @@ def test_variants_are_clean_plus_each_family_by_severity_plus_a_mix():
 def test_parallel_processes_measure_exactly_what_a_sequential_run_does(
     tiny_model, tiny_spec, tiny_images
 ):
-    from workers.estimation import EstimateConfig, calibrate
+    from flipwatch.workers.estimation import EstimateConfig, calibrate
 
     labels = torch.arange(len(tiny_images)) % 10
     config = EstimateConfig(steps=4, checkpoints=(0, 4), probe_size=200, epsilon=1.0)

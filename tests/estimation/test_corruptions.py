@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from workers.estimation.corruptions import CORRUPTIONS, corrupt, corruption_suite
+from flipwatch.workers.estimation.corruptions import CORRUPTIONS, corrupt, corruption_suite
 
 SHAPES = [(2, 1, 8, 8), (2, 1, 28, 28), (2, 3, 32, 32)]
 SUITE = corruption_suite()

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from workers.estimation.embeddings import (
+from flipwatch.workers.estimation.embeddings import (
     FeatureExtractor,
     FeatureStats,
     _reseed_empty,

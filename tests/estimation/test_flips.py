@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from workers.estimation.flips import (
+from flipwatch.workers.estimation.flips import (
     PAPER_IMAGENET_MAP,
     QuadraticMap,
     avg_rank_pct,

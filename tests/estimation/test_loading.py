@@ -6,12 +6,15 @@ import pytest
 import torch
 import torchvision
 
-from workers.estimation.adapt import batchnorm_layers, prepare_adaptation_copy
-from workers.estimation.config import EstimateConfig
-from workers.estimation.loading import ModelLoadError, load_model
-from workers.estimation.spec import ModelSpec, SpecError, read_spec
-from workers.estimation.trajectory import run_trajectory
-from workers.estimation.zoo import tiny
+from flipwatch.workers.estimation.adapt import batchnorm_layers, prepare_adaptation_copy
+from flipwatch.workers.estimation.config import EstimateConfig
+from flipwatch.workers.estimation.loading import ModelLoadError, load_model, resolve_builders
+from flipwatch.workers.estimation.spec import ModelSpec, SpecError, read_spec
+from flipwatch.workers.estimation.trajectory import run_trajectory
+from flipwatch.workers.estimation.zoo import tiny
+from tests.tiny_models import no_batchnorm
+
+NO_BATCHNORM = "tests.tiny_models:no_batchnorm"
 
 TINY_INPUT = {"color": "RGB", "size": [32, 32], "mean": [0.5], "std": [0.25]}
 
@@ -33,7 +36,7 @@ class TestFormats:
         model = load_model(
             _spec(
                 format="entrypoint",
-                entrypoint="workers.estimation.zoo:tiny",
+                entrypoint="tiny",
                 weights=str(tiny_weights),
             )
         )
@@ -74,7 +77,7 @@ class TestRefusals:
     def test_missing_weights_file(self, tmp_path):
         spec = _spec(
             format="entrypoint",
-            entrypoint="workers.estimation.zoo:tiny",
+            entrypoint="tiny",
             weights=str(tmp_path / "nope.pt"),
         )
         with pytest.raises(ModelLoadError, match="nope.pt does not exist"):
@@ -87,7 +90,7 @@ class TestRefusals:
     def test_class_count_mismatch_with_the_weights(self, tiny_weights):
         spec = _spec(
             format="entrypoint",
-            entrypoint="workers.estimation.zoo:tiny",
+            entrypoint="tiny",
             weights=str(tiny_weights),
             num_classes=7,
         )
@@ -109,15 +112,22 @@ class TestRefusals:
             load_model(_spec(format="torchscript", weights=str(path)))
 
     def test_model_without_batchnorm(self):
-        spec = _spec(format="entrypoint", entrypoint="tests.tiny_models:no_batchnorm")
+        spec = _spec(format="entrypoint", entrypoint="no_batchnorm")
         with pytest.raises(ModelLoadError, match="no BatchNorm2d layer"):
+            load_model(spec, builders=resolve_builders({"no_batchnorm": NO_BATCHNORM}))
+
+    def test_entrypoint_outside_the_registry_is_refused_without_importing_it(self):
+        spec = _spec(format="entrypoint", entrypoint="no_batchnorm")
+        with pytest.raises(ModelLoadError, match="'no_batchnorm' is not a registered builder"):
             load_model(spec)
 
     def test_pickled_module_instead_of_state_dict(self, tmp_path):
         path = tmp_path / "pickled.pt"
         torch.save(tiny(), path)
         spec = _spec(
-            format="entrypoint", entrypoint="workers.estimation.zoo:tiny", weights=str(path)
+            format="entrypoint",
+            entrypoint="tiny",
+            weights=str(path),
         )
         with pytest.raises(ModelLoadError, match="weights_only=True"):
             load_model(spec)
@@ -131,6 +141,24 @@ class TestRefusals:
         assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
+class TestBuilderRegistry:
+    def test_import_path_in_a_spec_is_refused(self):
+        with pytest.raises(ValueError, match="must be a registered builder name"):
+            _spec(format="entrypoint", entrypoint="os:system")
+
+    def test_legacy_zoo_import_paths_map_to_registry_names(self):
+        for legacy in ("workers.estimation.zoo:tiny", "flipwatch.workers.estimation.zoo:tiny"):
+            assert _spec(format="entrypoint", entrypoint=legacy).entrypoint == "tiny"
+
+    def test_operator_builders_are_imported_from_configuration(self):
+        builders = resolve_builders({"nobn": NO_BATCHNORM})
+        assert builders["nobn"] is no_batchnorm
+
+    def test_operator_builder_that_cannot_be_imported_is_named(self):
+        with pytest.raises(ModelLoadError, match="model builder 'x': cannot import 'no.such'"):
+            resolve_builders({"x": "no.such:thing"})
+
+
 class TestSpec:
     def test_relative_weights_resolve_against_the_spec_folder(self, tmp_path):
         (tmp_path / "spec.json").write_text(
@@ -138,7 +166,7 @@ class TestSpec:
                 {
                     "name": "m",
                     "format": "entrypoint",
-                    "entrypoint": "a.b:c",
+                    "entrypoint": "tiny",
                     "weights": "w.pt",
                     "num_classes": 10,
                 }

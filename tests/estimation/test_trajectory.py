@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from workers.estimation.adapt import prepare_adaptation_copy, set_mode
-from workers.estimation.config import EstimateConfig
-from workers.estimation.trajectory import (
+from flipwatch.workers.estimation.adapt import prepare_adaptation_copy, set_mode
+from flipwatch.workers.estimation.config import EstimateConfig
+from flipwatch.workers.estimation.trajectory import (
     SIGNALS,
     batch_order,
     predict,

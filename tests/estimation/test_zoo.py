@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.estimation import zoo
+from flipwatch.workers.estimation import zoo
 
 # (name, input shape, number of classes) per registered architecture.
 CASES = [

@@ -9,8 +9,8 @@ import pytest
 from alembic import command
 from sqlalchemy import create_engine, inspect
 
-from service.commands import run_migrate
-from service.db import Base, alembic_config
+from flipwatch.cli.api import run_migrate
+from flipwatch.service.db import Base, alembic_config
 from tests.conftest import create_database, drop_database
 
 

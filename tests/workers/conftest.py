@@ -14,8 +14,8 @@ import torch
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import make_sessionmaker
-from service.settings import Settings
+from flipwatch.service.db import make_sessionmaker
+from flipwatch.service.settings import Settings
 from tests.conftest import truncate_all
 from tests.factories import TINY_SPEC
 from tests.tiny_models import blob_images as window_images
@@ -47,8 +47,8 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_calibration(tiny_weights: Path) -> dict[str, Any]:
     """A real (small) calibration of the tiny model, as `Calibration.to_dict()`: four noise
     shifts, 10-step trajectories, so estimate jobs have a fitted map to use."""
-    from workers.estimation import EstimateConfig, calibrate, load_model
-    from workers.estimation.spec import ModelSpec
+    from flipwatch.workers.estimation import EstimateConfig, calibrate, load_model
+    from flipwatch.workers.estimation.spec import ModelSpec
 
     spec = ModelSpec.model_validate({**TINY_SPEC, "weights": str(tiny_weights)})
     labels = torch.arange(100) % 10

@@ -19,9 +19,10 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import storage
-from service.jobs import create_calibration_job
-from service.models import (
+from flipwatch.demos.data import write_image_folder
+from flipwatch.service import storage
+from flipwatch.service.jobs import create_calibration_job
+from flipwatch.service.models import (
     AlertEvent,
     Batch,
     Calibration,
@@ -32,7 +33,9 @@ from service.models import (
     Stream,
     utcnow,
 )
-from service.settings import Settings
+from flipwatch.service.settings import Settings
+from flipwatch.workers import jobs
+from flipwatch.workers.model_cache import ModelCache
 from tests.factories import (
     make_alert_rule,
     make_api_key,
@@ -42,9 +45,6 @@ from tests.factories import (
     make_stream,
 )
 from tests.tiny_models import blob_images as window_images
-from workers import jobs
-from workers.estimation.demo import write_image_folder
-from workers.model_cache import ModelCache
 
 WORKER = "test-host:1"
 

@@ -8,10 +8,10 @@ import uuid
 import pytest
 from torch import nn
 
-from workers.estimation.spec import ModelSpec
-from workers.model_cache import ModelCache, ModelKey
+from flipwatch.workers.estimation.spec import ModelSpec
+from flipwatch.workers.model_cache import ModelCache, ModelKey
 
-SPEC = ModelSpec(name="m", format="entrypoint", entrypoint="x:y", num_classes=2)
+SPEC = ModelSpec(name="m", format="entrypoint", entrypoint="tiny", num_classes=2)
 
 
 def counting_loader() -> tuple[list[ModelSpec], object]:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workers.estimation.config import entropy_threshold
+from flipwatch.workers.estimation.config import entropy_threshold
 
 BATCHNORM_TYPE_NAMES = frozenset({"BatchNorm2d"})
 

@@ -251,3 +251,19 @@ def baseline_estimates(
             generator=generator,
         ),
     }
+
+
+def baseline_estimates_for(
+    probs: Tensor, reference: BaselineReference | None, *, seed: int
+) -> dict[str, float | None]:
+    """AC, DoC, ATC (MC, NE) and COT; without labeled reference data only AC and COT exist."""
+    generator = torch.Generator().manual_seed(seed)
+    if reference is not None:
+        return dict(baseline_estimates(probs, reference, generator=generator))
+    return {
+        "ac": average_confidence(probs),
+        "doc": None,
+        "atc": None,
+        "atc_ne": None,
+        "cot": confidence_optimal_transport(probs, generator=generator),
+    }

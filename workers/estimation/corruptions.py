@@ -19,6 +19,8 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
+from flipwatch.workers.estimation.families import FAMILIES, SEVERITIES
+
 __all__ = ["CORRUPTIONS", "Corruption", "corrupt", "corruption_suite"]
 
 Corruption = Callable[[Tensor, int, torch.Generator], Tensor]
@@ -273,7 +275,8 @@ CORRUPTIONS: dict[str, Corruption] = {
     "occlusion": occlusion,
 }
 
-SEVERITIES = (1, 2, 3, 4, 5)
+if tuple(CORRUPTIONS) != FAMILIES:  # the torch-free list the API validates against
+    raise ImportError("corruptions.CORRUPTIONS and families.FAMILIES disagree")
 
 
 def corrupt(images: Tensor, family: str, severity: int, *, generator: torch.Generator) -> Tensor:

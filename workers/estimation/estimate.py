@@ -7,77 +7,34 @@ on the window (spec §1, §10.11); the adapted copy is only a measuring instrume
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from workers.estimation.baselines import (
-    BaselineReference,
-    average_confidence,
-    baseline_estimates,
-    confidence_optimal_transport,
+from flipwatch.workers.estimation.baselines import baseline_estimates_for
+from flipwatch.workers.estimation.calibration_result import (
+    Calibration,
+    CalibrationMissing,
+    builtin_calibration,
 )
-from workers.estimation.calibration import Calibration, CalibrationMissing, builtin_calibration
-from workers.estimation.config import EstimateConfig, default_epsilon
-from workers.estimation.embeddings import (
+from flipwatch.workers.estimation.config import EstimateConfig, default_epsilon
+from flipwatch.workers.estimation.embeddings import (
     centroid_shift,
     feature_stats,
     frechet_distance,
     kmeans,
     silhouette_score,
 )
-from workers.estimation.spec import ModelSpec
-from workers.estimation.trajectory import Progress, Trajectory, resolve_device, run_trajectory
+from flipwatch.workers.estimation.result import EstimateResult
+from flipwatch.workers.estimation.spec import ModelSpec
+from flipwatch.workers.estimation.trajectory import (
+    Progress,
+    Trajectory,
+    resolve_device,
+    run_trajectory,
+)
 
 MIN_PROBE_FOR_TRUST = 100
-
-
-@dataclass(frozen=True)
-class EstimateResult:
-    """The estimator's full output; `to_dict()` is what the CLI prints and the service stores."""
-
-    estimated_accuracy: float
-    signal: str
-    signal_value: float
-    calibration: str
-    calibration_mae: float | None
-    weighted_flips: float
-    signals: dict[str, dict[int, float]]
-    baselines: dict[str, float | None]
-    embedding: dict[str, float | None]
-    steps: int
-    probe_size: int
-    num_images: int
-    seconds: float
-    device: str
-    used_fraction: float
-    epsilon: float
-    warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, object]:
-        data = asdict(self)
-        data["signals"] = {
-            name: {str(step): value for step, value in by_step.items()}
-            for name, by_step in self.signals.items()
-        }
-        return data
-
-
-def baseline_estimates_for(
-    probs: Tensor, reference: BaselineReference | None, *, seed: int
-) -> dict[str, float | None]:
-    """AC, DoC, ATC (MC, NE) and COT; without labeled reference data only AC and COT exist."""
-    generator = torch.Generator().manual_seed(seed)
-    if reference is not None:
-        return dict(baseline_estimates(probs, reference, generator=generator))
-    return {
-        "ac": average_confidence(probs),
-        "doc": None,
-        "atc": None,
-        "atc_ne": None,
-        "cot": confidence_optimal_transport(probs, generator=generator),
-    }
 
 
 def embedding_distances(

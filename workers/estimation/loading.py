@@ -4,32 +4,59 @@ from __future__ import annotations
 
 import importlib
 import pickle
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
-from workers.estimation.adapt import batchnorm_layers, prepare_adaptation_copy, set_mode
-from workers.estimation.spec import ModelSpec
+from flipwatch.workers.estimation import zoo
+from flipwatch.workers.estimation.adapt import batchnorm_layers, prepare_adaptation_copy, set_mode
+from flipwatch.workers.estimation.spec import ModelSpec
 
 
 class ModelLoadError(ValueError):
     """The model described by a spec cannot be used; the message names the cause."""
 
 
-def load_model(spec: ModelSpec) -> nn.Module:
+Builder = Callable[..., nn.Module]
+
+
+def resolve_builders(paths: Mapping[str, str]) -> dict[str, Builder]:
+    """Operator-enabled builders, name -> `module:function`, imported once at process start.
+
+    Only the operator's configuration reaches `importlib` here; a spec from a request can only name
+    a builder that is already registered.
+    """
+    builders: dict[str, Builder] = {}
+    for name, path in paths.items():
+        module_name, _, function_name = path.partition(":")
+        try:
+            build = getattr(importlib.import_module(module_name), function_name, None)
+        except ImportError as exc:
+            raise ModelLoadError(
+                f"model builder {name!r}: cannot import {module_name!r}: {exc}"
+            ) from exc
+        if not callable(build):
+            raise ModelLoadError(f"model builder {name!r}: {path!r} is not a function")
+        builders[name] = build
+    return builders
+
+
+def load_model(spec: ModelSpec, builders: Mapping[str, Builder] | None = None) -> nn.Module:
     """The spec's classifier on the CPU in eval mode, checked to be usable by Weighted Flips.
 
+    `entrypoint` specs name a builder of the zoo or of `builders` (from `resolve_builders`).
     Checks: weights exist and load (`weights_only=True`), the output has `num_classes` logits, and
     at least one BatchNorm2d layer exists (WF adapts only those).
     """
-    builders = {
-        "torchvision": _load_torchvision,
-        "torchscript": _load_torchscript,
-        "entrypoint": _load_entrypoint,
-    }
-    model = builders[spec.format](spec)
+    if spec.format == "torchvision":
+        model = _load_torchvision(spec)
+    elif spec.format == "torchscript":
+        model = _load_torchscript(spec)
+    else:
+        model = _load_entrypoint(spec, {**zoo.ZOO, **(builders or {})})
     model.eval()
     if not batchnorm_layers(model):
         raise ModelLoadError(
@@ -107,18 +134,15 @@ def _load_torchscript(spec: ModelSpec) -> nn.Module:
         ) from exc
 
 
-def _load_entrypoint(spec: ModelSpec) -> nn.Module:
+def _load_entrypoint(spec: ModelSpec, builders: Mapping[str, Builder]) -> nn.Module:
     assert spec.entrypoint is not None
-    module_name, function_name = spec.entrypoint.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
+    build = builders.get(spec.entrypoint)
+    if build is None:
         raise ModelLoadError(
-            f"model {spec.name!r}: cannot import {module_name!r} for entrypoint: {exc}"
-        ) from exc
-    build = getattr(module, function_name, None)
-    if not callable(build):
-        raise ModelLoadError(f"model {spec.name!r}: {spec.entrypoint!r} is not a function")
+            f"model {spec.name!r}: entrypoint {spec.entrypoint!r} is not a registered builder "
+            f"(known: {', '.join(sorted(builders))}); an operator enables more with "
+            "FLIPWATCH_MODEL_BUILDERS"
+        )
     kwargs = {"num_classes": spec.num_classes, **spec.entrypoint_kwargs}
     try:
         model = build(**kwargs)

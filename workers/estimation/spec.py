@@ -6,12 +6,15 @@ One pydantic schema, shared by the CLI (a JSON file) and the API (the registrati
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+BUILDER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+LEGACY_ZOO_PREFIXES = ("workers.estimation.zoo:", "flipwatch.workers.estimation.zoo:")
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
@@ -73,7 +76,9 @@ class ModelSpec(BaseModel):
     )
     entrypoint: str | None = Field(
         default=None,
-        description="`module:function` that builds the architecture (format entrypoint).",
+        description="Name of a registered builder (format entrypoint): one of the zoo's "
+        "(`mnist_cnn`, `tiny`, `efficientnet_lite0`) or one an operator enabled with "
+        "FLIPWATCH_MODEL_BUILDERS. Never imported from the request.",
     )
     entrypoint_kwargs: dict[str, int | float | str | bool] = Field(default_factory=dict)
     num_classes: Annotated[int, Field(ge=2, le=100_000)]
@@ -85,9 +90,19 @@ class ModelSpec(BaseModel):
 
     @field_validator("entrypoint")
     @classmethod
-    def _entrypoint_shape(cls, value: str | None) -> str | None:
-        if value is not None and (value.count(":") != 1 or not all(value.split(":"))):
-            raise ValueError(f"entrypoint {value!r} must look like 'package.module:function'")
+    def _entrypoint_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        # Specs stored before the registry named zoo builders by import path.
+        for prefix in LEGACY_ZOO_PREFIXES:
+            if value.startswith(prefix):
+                value = value[len(prefix) :]
+        if not BUILDER_NAME.fullmatch(value):
+            raise ValueError(
+                f"entrypoint {value!r} must be a registered builder name (letters, digits, "
+                "'_', '-', '.'), e.g. 'mnist_cnn'; operators register more with "
+                "FLIPWATCH_MODEL_BUILDERS"
+            )
         return value
 
     @model_validator(mode="after")
@@ -95,7 +110,7 @@ class ModelSpec(BaseModel):
         if self.format == "torchvision" and not self.arch:
             raise ValueError("format 'torchvision' needs 'arch' (e.g. 'resnet50')")
         if self.format == "entrypoint" and not self.entrypoint:
-            raise ValueError("format 'entrypoint' needs 'entrypoint' ('module:function')")
+            raise ValueError("format 'entrypoint' needs 'entrypoint' (a builder name)")
         if self.format == "torchscript" and not self.weights:
             raise ValueError("format 'torchscript' needs 'weights' (the scripted module file)")
         if self.imagenet and self.num_classes != 1000:

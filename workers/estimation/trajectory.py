@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workers.estimation.adapt import RDumb, prepare_adaptation_copy, set_mode
-from workers.estimation.config import EstimateConfig, default_epsilon
-from workers.estimation.embeddings import FeatureExtractor
-from workers.estimation.flips import per_reference_probe, unweighted_flips, weighted_flips
-from workers.estimation.images import normalize
-from workers.estimation.spec import ModelSpec
+from flipwatch.workers.estimation.adapt import RDumb, prepare_adaptation_copy, set_mode
+from flipwatch.workers.estimation.config import EstimateConfig, default_epsilon
+from flipwatch.workers.estimation.embeddings import FeatureExtractor
+from flipwatch.workers.estimation.flips import per_reference_probe, unweighted_flips, weighted_flips
+from flipwatch.workers.estimation.images import normalize
+from flipwatch.workers.estimation.spec import ModelSpec
 
 Progress = Callable[[int, int], None]
 

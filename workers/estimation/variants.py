@@ -13,11 +13,11 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from workers.estimation.baselines import BaselineReference
-from workers.estimation.config import EstimateConfig
-from workers.estimation.corruptions import CORRUPTIONS, corrupt
-from workers.estimation.spec import ModelSpec
-from workers.estimation.trajectory import predict, run_trajectory
+from flipwatch.workers.estimation.baselines import BaselineReference, baseline_estimates_for
+from flipwatch.workers.estimation.config import EstimateConfig
+from flipwatch.workers.estimation.corruptions import CORRUPTIONS, corrupt
+from flipwatch.workers.estimation.spec import ModelSpec
+from flipwatch.workers.estimation.trajectory import predict, run_trajectory
 
 CLEAN = "clean"
 MIX_FRACTION = 0.5
@@ -110,7 +110,6 @@ class VariantContext:
 
 def measure_variant(context: VariantContext, task: VariantTask) -> CalibrationPoint:
     """True accuracy, every flip signal and the baselines on one shifted variant."""
-    from workers.estimation.estimate import baseline_estimates_for  # shared with estimate()
 
     c = context
     shifted = make_variant(c.images, task.family, task.severity, task.mixed, seed=task.seed)

@@ -2,7 +2,7 @@
 
 Every builder returns a plain `nn.Module` with BatchNorm2d layers (the estimator adapts their
 statistics) and a final `nn.Linear` classifier (its input is the penultimate feature vector).
-Specs of format `entrypoint` name these builders, e.g. `workers.estimation.zoo:mnist_cnn`.
+Specs of format `entrypoint` name these builders by their registry name, e.g. `mnist_cnn`.
 """
 
 from __future__ import annotations

@@ -29,9 +29,9 @@ The modules:
 Callers import this package (`from workers import jobs`), not its modules.
 """
 
-from workers.jobs.calibrate import CalibrationSuite
-from workers.jobs.failures import TransientJobError
-from workers.jobs.lifecycle import (
+from flipwatch.workers.jobs.calibrate import CalibrationSuite
+from flipwatch.workers.jobs.failures import TransientJobError
+from flipwatch.workers.jobs.lifecycle import (
     HEARTBEAT_INTERVAL_S,
     Claim,
     JobMetrics,
@@ -43,7 +43,7 @@ from workers.jobs.lifecycle import (
     touch_heartbeat,
     write_progress,
 )
-from workers.jobs.reaper import (
+from flipwatch.workers.jobs.reaper import (
     LOST_AFTER_S,
     STALE_AFTER_S,
     queued_job_ids,
@@ -51,7 +51,7 @@ from workers.jobs.reaper import (
     requeue_interrupted_jobs,
     requeue_stale_jobs,
 )
-from workers.jobs.runner import JobRuntime, run_job, run_with
+from flipwatch.workers.jobs.runner import JobRuntime, run_job, run_with
 
 __all__ = [
     "HEARTBEAT_INTERVAL_S",

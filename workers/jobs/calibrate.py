@@ -13,10 +13,10 @@ from typing import Any
 
 from sqlalchemy import update
 
-from service.models import Calibration, Job, Model, utcnow
-from service.settings import Settings
-from workers.jobs.failures import UserError
-from workers.jobs.lifecycle import (
+from flipwatch.service.models import Calibration, Job, Model, utcnow
+from flipwatch.service.settings import Settings
+from flipwatch.workers.jobs.failures import UserError
+from flipwatch.workers.jobs.lifecycle import (
     Claim,
     JobMetrics,
     JobOutcome,
@@ -24,8 +24,8 @@ from workers.jobs.lifecycle import (
     SessionFactory,
     mark_succeeded,
 )
-from workers.jobs.model import load_job_model, spec_and_key
-from workers.model_cache import ModelCache
+from flipwatch.workers.jobs.model import load_job_model, spec_and_key
+from flipwatch.workers.model_cache import ModelCache
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def run_calibrate(
     metrics: JobMetrics | None,
     suite: CalibrationSuite | None,
 ) -> JobOutcome:
-    from workers.estimation import EstimateConfig, calibrate, load_labeled_folder
+    from flipwatch.workers.estimation import EstimateConfig, calibrate, load_labeled_folder
 
     with session_factory() as session:
         job = session.get(Job, claim.job_id)

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from service.alerts import evaluate_alerts
-from service.calibrations import latest_calibration
-from service.models import Estimate, Image, Job, Model, Stream, utcnow
-from service.settings import Settings
-from workers.jobs.failures import UserError
-from workers.jobs.lifecycle import (
+from flipwatch.service.alerts import evaluate_alerts
+from flipwatch.service.calibrations import latest_calibration
+from flipwatch.service.models import Estimate, Image, Job, Model, Stream, utcnow
+from flipwatch.service.settings import Settings
+from flipwatch.workers.jobs.failures import UserError
+from flipwatch.workers.jobs.lifecycle import (
     Claim,
     JobMetrics,
     JobOutcome,
@@ -30,13 +30,13 @@ from workers.jobs.lifecycle import (
     SessionFactory,
     mark_succeeded,
 )
-from workers.jobs.model import load_job_model, spec_and_key
-from workers.model_cache import ModelCache
+from flipwatch.workers.jobs.model import load_job_model, spec_and_key
+from flipwatch.workers.model_cache import ModelCache
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from workers.estimation.spec import ModelSpec
+    from flipwatch.workers.estimation.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,10 @@ def run_estimate(
     model_cache: ModelCache,
     metrics: JobMetrics | None,
 ) -> JobOutcome:
-    from workers.estimation import (
+    from flipwatch.workers.estimation import (
         Calibration as EstimatorCalibration,
     )
-    from workers.estimation import (
+    from flipwatch.workers.estimation import (
         CalibrationMissing,
         EstimateConfig,
         builtin_calibration,
@@ -136,7 +136,7 @@ def _decode_window(paths: list[tuple[str, str | None]], spec: ModelSpec) -> Tens
     """Stored files -> uint8 (N, C, H, W) at the model's input size, in stream order."""
     import torch
 
-    from workers.estimation import decode_image
+    from flipwatch.workers.estimation import decode_image
 
     tensors = [
         decode_image(Path(path).read_bytes(), spec, name=filename or Path(path).name)

@@ -14,8 +14,14 @@ import uuid
 
 from sqlalchemy import select
 
-from service.models import Job
-from workers.jobs.lifecycle import Claim, SessionFactory, mark_failed, mark_queued, owned_by
+from flipwatch.service.models import Job
+from flipwatch.workers.jobs.lifecycle import (
+    Claim,
+    SessionFactory,
+    mark_failed,
+    mark_queued,
+    owned_by,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +47,7 @@ def is_user_error(exc: BaseException) -> bool:
     if isinstance(exc, (UserError, ValueError)):
         return True
     try:
-        from workers.estimation.calibration import CalibrationMissing
+        from flipwatch.workers.estimation.calibration_result import CalibrationMissing
     except ImportError:  # pragma: no cover - estimator incomplete
         return False
     return isinstance(exc, CalibrationMissing)

@@ -8,21 +8,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from service.models import Model
-from service.settings import Settings
-from workers.jobs.lifecycle import JobMetrics
-from workers.model_cache import ModelCache, ModelKey
+from flipwatch.service.models import Model
+from flipwatch.service.settings import Settings
+from flipwatch.workers.jobs.lifecycle import JobMetrics
+from flipwatch.workers.model_cache import ModelCache, ModelKey
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from workers.estimation.spec import ModelSpec
+    from flipwatch.workers.estimation.spec import ModelSpec
 
 
 def spec_and_key(model_row: Model) -> tuple[ModelSpec, ModelKey]:
     """The estimator's spec of a model row and its cache key (id, version, weights sha256)."""
-    from workers.estimation.spec import ModelSpec
+    from flipwatch.workers.estimation.spec import ModelSpec
 
     spec = ModelSpec.model_validate(model_row.spec)
     return spec, ModelKey(model_row.id, model_row.version, model_row.weights_sha256)
@@ -39,7 +39,7 @@ def load_job_model(
 ) -> tuple[nn.Module, torch.device]:
     """The cached (or newly loaded) model and the configured device; tells `metrics` that a job
     of `kind` starts its work there."""
-    from workers.estimation import resolve_device
+    from flipwatch.workers.estimation import resolve_device
 
     model = model_cache.get(key, spec)
     device = resolve_device(settings.device)

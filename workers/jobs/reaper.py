@@ -15,8 +15,8 @@ from datetime import timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from service.models import Job, utcnow
-from workers.jobs.lifecycle import (
+from flipwatch.service.models import Job, utcnow
+from flipwatch.workers.jobs.lifecycle import (
     SessionFactory,
     mark_failed,
     mark_queued,

@@ -9,10 +9,10 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from service.settings import Settings
-from workers.jobs.calibrate import CalibrationSuite, run_calibrate
-from workers.jobs.estimate import run_estimate
-from workers.jobs.failures import (
+from flipwatch.service.settings import Settings
+from flipwatch.workers.jobs.calibrate import CalibrationSuite, run_calibrate
+from flipwatch.workers.jobs.estimate import run_estimate
+from flipwatch.workers.jobs.failures import (
     TransientJobError,
     UserError,
     describe,
@@ -20,7 +20,7 @@ from workers.jobs.failures import (
     is_user_error,
     release_after_error,
 )
-from workers.jobs.lifecycle import (
+from flipwatch.workers.jobs.lifecycle import (
     HEARTBEAT_INTERVAL_S,
     JobMetrics,
     JobOutcome,
@@ -28,7 +28,7 @@ from workers.jobs.lifecycle import (
     claim_job,
     heartbeat,
 )
-from workers.model_cache import ModelCache
+from flipwatch.workers.model_cache import ModelCache
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
 
-from service import alerts
-from service.api.deps import AdminKey, ReadKey, SessionDep, StreamID
-from service.api.problems import problem_responses
-from service.pagination import Cursor
-from service.schemas import (
+from flipwatch.service import alerts
+from flipwatch.service.api.deps import AdminKey, ReadKey, SessionDep, StreamID
+from flipwatch.service.api.problems import problem_responses
+from flipwatch.service.pagination import Cursor
+from flipwatch.service.schemas import (
     AlertEventRead,
     AlertRuleCreate,
     AlertRuleRead,

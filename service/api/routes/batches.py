@@ -15,12 +15,12 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
-from service.api.deps import IngestKey, OutboxDep, SessionDep, SettingsDep, StreamID
-from service.api.problems import problem_responses
-from service.errors import BatchTooLarge, Invalid, MalformedRequest
-from service.ingest import Upload, ingest_batch
-from service.models import Batch, Job, Stream
-from service.schemas import BatchAccepted, JobLink, WindowFill, job_url
+from flipwatch.service.api.deps import IngestKey, OutboxDep, SessionDep, SettingsDep, StreamID
+from flipwatch.service.api.problems import problem_responses
+from flipwatch.service.errors import BatchTooLarge, Invalid, MalformedRequest
+from flipwatch.service.ingest import Upload, ingest_batch
+from flipwatch.service.models import Batch, Job, Stream
+from flipwatch.service.schemas import BatchAccepted, JobLink, WindowFill, job_url
 
 router = APIRouter(prefix="/v1/streams", tags=["batches"])
 

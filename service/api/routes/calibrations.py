@@ -8,8 +8,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, UploadFile, status
 
-from service import calibrations
-from service.api.deps import (
+from flipwatch.service import calibrations
+from flipwatch.service.api.deps import (
     AdminKey,
     CalibrationID,
     ModelID,
@@ -18,10 +18,10 @@ from service.api.deps import (
     SessionDep,
     SettingsDep,
 )
-from service.api.problems import problem_responses
-from service.errors import PayloadTooLarge
-from service.models_registry import get_model
-from service.schemas import CalibrationOptions, CalibrationRead
+from flipwatch.service.api.problems import problem_responses
+from flipwatch.service.errors import PayloadTooLarge
+from flipwatch.service.models_registry import get_model
+from flipwatch.service.schemas import CalibrationOptions, CalibrationRead
 
 router = APIRouter(tags=["calibrations"])
 

@@ -6,11 +6,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from service import estimates, streams
-from service.api.deps import EstimateID, IngestKey, OutboxDep, ReadKey, SessionDep, StreamID
-from service.api.problems import problem_responses
-from service.pagination import Cursor
-from service.schemas import EstimateRead, JobRead, Page, job_url, page_of
+from flipwatch.service import estimates, streams
+from flipwatch.service.api.deps import (
+    EstimateID,
+    IngestKey,
+    OutboxDep,
+    ReadKey,
+    SessionDep,
+    StreamID,
+)
+from flipwatch.service.api.problems import problem_responses
+from flipwatch.service.pagination import Cursor
+from flipwatch.service.schemas import EstimateRead, JobRead, Page, job_url, page_of
 
 router = APIRouter(tags=["estimates"])
 

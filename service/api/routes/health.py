@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from sqlalchemy import text
 
-from service.api.deps import SessionDep
-from service.api.problems import problem_responses
-from service.errors import NotReady
-from service.schemas import Health, Readiness
+from flipwatch.service.api.deps import SessionDep
+from flipwatch.service.api.problems import problem_responses
+from flipwatch.service.errors import NotReady
+from flipwatch.service.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 
-from service import models_registry
-from service.api.deps import AdminKey, ModelID, ReadKey, SessionDep, SettingsDep
-from service.api.problems import problem_responses
-from service.pagination import Cursor
-from service.schemas import ModelRead, Page, page_of
+from flipwatch.service import models_registry
+from flipwatch.service.api.deps import AdminKey, ModelID, ReadKey, SessionDep, SettingsDep
+from flipwatch.service.api.problems import problem_responses
+from flipwatch.service.pagination import Cursor
+from flipwatch.service.schemas import ModelRead, Page, page_of
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -22,6 +22,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
     responses=problem_responses(401, 403, 413, 422),
 )
 def create_model(
+    request: Request,
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
@@ -43,7 +44,11 @@ def create_model(
 ) -> ModelRead:
     """Register a model version: it must load and have BatchNorm layers (422 otherwise)."""
     model = models_registry.register_model(
-        session, settings=settings, spec_json=spec, weights=weights.file
+        session,
+        settings=settings,
+        spec_json=spec,
+        weights=weights.file,
+        check=request.app.state.model_check,
     )
     response.headers["Location"] = f"/v1/models/{model.id}"
     return ModelRead.model_validate(model)

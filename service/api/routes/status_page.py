@@ -20,12 +20,12 @@ from fastapi import APIRouter, Depends, Form, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.orm import Session
 
-from service.api.deps import SessionDep, SettingsDep
-from service.api.problems import problem_responses
-from service.auth import READ_ROLES, authenticate, check_role
-from service.errors import NotAuthenticated, PermissionDenied
-from service.schemas import StatusRead, StatusStream
-from service.status import read_status
+from flipwatch.service.api.deps import SessionDep, SettingsDep
+from flipwatch.service.api.problems import problem_responses
+from flipwatch.service.auth import READ_ROLES, authenticate, check_role
+from flipwatch.service.errors import NotAuthenticated, PermissionDenied
+from flipwatch.service.schemas import StatusRead, StatusStream
+from flipwatch.service.status import read_status
 
 router = APIRouter(tags=["status"])
 

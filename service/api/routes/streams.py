@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from service import streams
-from service.api.deps import AdminKey, ReadKey, SessionDep, SettingsDep, StreamID
-from service.api.problems import problem_responses
-from service.pagination import Cursor
-from service.schemas import Page, StreamCreate, StreamRead, page_of
+from flipwatch.service import streams
+from flipwatch.service.api.deps import AdminKey, ReadKey, SessionDep, SettingsDep, StreamID
+from flipwatch.service.api.problems import problem_responses
+from flipwatch.service.pagination import Cursor
+from flipwatch.service.schemas import Page, StreamCreate, StreamRead, page_of
 
 router = APIRouter(prefix="/v1/streams", tags=["streams"])
 

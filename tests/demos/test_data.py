@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from workers.estimation import demo, zoo
+from flipwatch.demos import data as demo
+from flipwatch.workers.estimation import zoo
 
 
 def _digests(images: torch.Tensor) -> set[bytes]:
@@ -221,7 +222,7 @@ class TestEnsureDemoModel:
         assert spec_path == tmp_path / "demo-mnist.json"
         assert (tmp_path / "demo-mnist.pt").is_file() and lines
         assert spec.name == "demo-mnist-cnn" and spec.format == "entrypoint"
-        assert spec.entrypoint == "workers.estimation.zoo:mnist_cnn"
+        assert spec.entrypoint == "mnist_cnn"
         assert spec.weights == str(tmp_path / "demo-mnist.pt")
         assert spec.num_classes == 10 and not spec.imagenet
         assert spec.input.color == "L" and spec.input.size == [28, 28]

@@ -1,18 +1,19 @@
-"""The `flipwatch` command. Each area registers its own subcommands; this module only dispatches.
+"""The `flipwatch` command: every subcommand and the start-up code of every process live here.
 
-- estimator (workers/cli.py): estimate, calibrate, demo
-- service (service/commands.py): api, migrate, api-key
-- workers (workers/commands.py): worker, serve
+- `estimator.py`: estimate, calibrate (the estimator from a shell)
+- `demo.py`: demo (offline or through an embedded server)
+- `api.py`: api, migrate, api-key
+- `worker.py`: worker, serve
+- `startup.py`: building the app, the dispatcher and the in-process worker
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
-COMMAND_MODULES = ("workers.cli", "service.commands", "workers.commands")
+from flipwatch.cli import api, demo, estimator, worker
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,13 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Estimate an image classifier's accuracy without labels (Weighted Flips).",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
+    for module in (estimator, demo, api, worker):
         module.register(subparsers)
     return parser
 

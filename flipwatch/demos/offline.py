@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from workers.estimation import (
+from flipwatch.demos.data import DEMO_FAMILIES, demo_splits, ensure_demo_model
+from flipwatch.workers.estimation import (
     Calibration,
     EstimateConfig,
     EstimateResult,
@@ -26,10 +27,9 @@ from workers.estimation import (
     estimate,
     load_model,
 )
-from workers.estimation.demo import DEMO_FAMILIES, demo_splits, ensure_demo_model
-from workers.estimation.spec import ModelSpec
-from workers.estimation.trajectory import predict, resolve_device
-from workers.estimation.variants import make_variant
+from flipwatch.workers.estimation.spec import ModelSpec
+from flipwatch.workers.estimation.trajectory import predict, resolve_device
+from flipwatch.workers.estimation.variants import make_variant
 
 Log = Callable[[str], None]
 

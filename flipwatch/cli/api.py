@@ -15,11 +15,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.auth import create_api_key
-from service.db import make_engine, make_sessionmaker, upgrade_database
-from service.dispatch import JobDispatcher, NullDispatcher
-from service.models import ROLES, ApiKey, utcnow
-from service.settings import Settings
+from flipwatch.service.auth import create_api_key
+from flipwatch.service.db import make_engine, make_sessionmaker, upgrade_database
+from flipwatch.service.models import ROLES, ApiKey, utcnow
+from flipwatch.service.settings import Settings
 
 log = logging.getLogger("flipwatch")
 
@@ -48,30 +47,23 @@ def register(subparsers: Any) -> None:
     revoke.set_defaults(handler=run_api_key_revoke)
 
 
-def make_dispatcher(settings: Settings) -> JobDispatcher:
-    """Redis (the worker side's dispatcher) when configured; else jobs stay queued for `serve`."""
-    if settings.redis_url is None:
-        log.warning(
-            "no FLIPWATCH_REDIS_URL: jobs stay queued; `flipwatch serve` runs API and worker"
-        )
-        return NullDispatcher()
-    # Imported here: the API package itself never imports dramatiq (workers/broker.py does).
-    from workers.broker import RedisDispatcher, configure_broker
-
-    return RedisDispatcher(configure_broker(settings))
-
-
 def run_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service.main import create_app
+    from flipwatch.service.main import create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s %(message)s")
     settings = Settings()
     if settings.effective_database_url.startswith("sqlite"):
         # Embedded mode: keep the local database at head so a first run just works.
         upgrade_database(settings)
-    app = create_app(settings, dispatcher=make_dispatcher(settings))
+    from flipwatch.cli.startup import estimator_model_check, make_dispatcher
+
+    app = create_app(
+        settings,
+        dispatcher=make_dispatcher(settings),
+        model_check=estimator_model_check(settings),
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

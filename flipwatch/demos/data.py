@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from workers.estimation import zoo
-from workers.estimation.spec import InputSpec, ModelSpec, read_spec
+from flipwatch.workers.estimation import zoo
+from flipwatch.workers.estimation.spec import InputSpec, ModelSpec, read_spec
 
 __all__ = [
     "DEMO_RECIPE",
@@ -298,7 +298,7 @@ def demo_spec() -> ModelSpec:
     return ModelSpec(
         name="demo-mnist-cnn",
         format="entrypoint",
-        entrypoint="workers.estimation.zoo:mnist_cnn",
+        entrypoint="mnist_cnn",
         weights=DEMO_WEIGHTS_NAME,
         num_classes=10,
         input=InputSpec(color="L", size=[28, 28], mean=[MNIST_MEAN], std=[MNIST_STD]),

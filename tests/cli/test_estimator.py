@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from service.cli import main
+from flipwatch.cli import main
+from flipwatch.demos.data import write_image_folder
+from flipwatch.workers.estimation.calibration_result import Calibration, Fit
+from flipwatch.workers.estimation.flips import QuadraticMap
 from tests.tiny_models import confident_tiny
-from workers.estimation.calibration import Calibration, Fit
-from workers.estimation.demo import write_image_folder
-from workers.estimation.flips import QuadraticMap
 
 
 def estimate_cli(spec_file, calibration_file, folder, *options: str) -> int:
@@ -33,7 +33,7 @@ def spec_file(tmp_path):
     spec = {
         "name": "tiny",
         "format": "entrypoint",
-        "entrypoint": "workers.estimation.zoo:tiny",
+        "entrypoint": "tiny",
         "weights": "tiny.pt",
         "num_classes": 10,
         "input": {"color": "RGB", "size": [32, 32], "mean": [0.5], "std": [0.25]},

@@ -1,6 +1,7 @@
-"""`flipwatch estimate`, `flipwatch calibrate` and `flipwatch demo`: the estimator from a shell.
+"""`flipwatch estimate` and `flipwatch calibrate`: the estimator from a shell.
 
-Bad input ends with one readable line on stderr and exit status 2, never a traceback.
+Bad input ends with one readable line on stderr and exit status 2, never a traceback. torch is
+imported only when one of these commands runs, so `flipwatch api` starts without it.
 """
 
 from __future__ import annotations
@@ -11,24 +12,10 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from workers.estimation import (
-    Calibration,
-    CalibrationMissing,
-    EstimateConfig,
-    ImageError,
-    ModelLoadError,
-    SpecError,
-    calibrate,
-    estimate,
-    load_image_folder,
-    load_labeled_folder,
-    load_model,
-    read_spec,
-)
-from workers.estimation.config import DEFAULT_CHECKPOINTS
-
-USER_ERRORS = (SpecError, ModelLoadError, ImageError, CalibrationMissing, ValueError, OSError)
+if TYPE_CHECKING:
+    from flipwatch.workers.estimation import Calibration, EstimateConfig
 
 
 class CommandError(Exception):
@@ -61,22 +48,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cal.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     cal.set_defaults(handler=run_calibrate)
 
-    demo = subparsers.add_parser(
-        "demo",
-        help="train, calibrate and estimate on offline MNIST data, through an embedded server",
-    )
-    demo.add_argument("--data-dir", type=Path, default=Path(".flipwatch/demo"))
-    demo.add_argument("--steps", type=int, default=250)
-    demo.add_argument("--window", type=int, default=1000, help="images per estimate window")
-    demo.add_argument("--port", type=int, default=0, help="embedded server port (0: any free)")
-    demo.add_argument(
-        "--offline",
-        action="store_true",
-        help="skip the server: call the estimator in-process, with more held-out sets",
-    )
-    demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    demo.set_defaults(handler=run_demo_command)
-
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="model spec JSON")
@@ -92,6 +63,9 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> EstimateConfig:
+    from flipwatch.workers.estimation import EstimateConfig
+    from flipwatch.workers.estimation.config import DEFAULT_CHECKPOINTS
+
     if args.threads:
         import torch
 
@@ -123,19 +97,41 @@ def progress_bar(description: str, unit: str) -> Iterator[Callable[[int, int], N
         bar.close()
 
 
-def _guard(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+def user_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that mean "fix your input": printed as one line, exit status 2."""
+    from flipwatch.workers.estimation import (
+        CalibrationMissing,
+        ImageError,
+        ModelLoadError,
+        SpecError,
+    )
+
+    return (
+        CommandError,
+        SpecError,
+        ModelLoadError,
+        ImageError,
+        CalibrationMissing,
+        ValueError,
+        OSError,
+    )
+
+
+def guard(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def wrapped(args: argparse.Namespace) -> int:
         try:
             return run(args)
-        except (CommandError, *USER_ERRORS) as exc:
+        except user_errors() as exc:
             print(f"flipwatch {args.command}: error: {exc}", file=sys.stderr)
             return 2
 
     return wrapped
 
 
-@_guard
+@guard
 def run_estimate(args: argparse.Namespace) -> int:
+    from flipwatch.workers.estimation import estimate, load_image_folder, load_model, read_spec
+
     config = _config(args)
     spec = read_spec(args.model)
     calibration = read_calibration(args.calibration) if args.calibration else None
@@ -160,8 +156,10 @@ def run_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guard
+@guard
 def run_calibrate(args: argparse.Namespace) -> int:
+    from flipwatch.workers.estimation import calibrate, load_labeled_folder, load_model, read_spec
+
     config = _config(args)
     spec = read_spec(args.model)
     model = load_model(spec)
@@ -187,6 +185,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def read_calibration(path: Path) -> Calibration:
+    from flipwatch.workers.estimation import Calibration
+
     try:
         return Calibration.from_dict(json.loads(path.read_text()))
     except FileNotFoundError as exc:
@@ -209,7 +209,7 @@ def calibration_summary(calibration: Calibration) -> dict[str, object]:
     }
 
 
-def _pct(value: object) -> str:
+def pct(value: object) -> str:
     return "   n/a" if value is None else f"{100 * float(value):5.1f}%"
 
 
@@ -220,10 +220,10 @@ def format_estimate(result: dict, *, folder: str) -> str:
     lines = [
         f"{folder}: {result['num_images']} images, probe {result['probe_size']}, "
         f"{result['steps']} steps on {result['device']} in {result['seconds']:.1f} s",
-        f"estimated accuracy  {_pct(result['estimated_accuracy'])}   "
+        f"estimated accuracy  {pct(result['estimated_accuracy'])}   "
         f"(signal {result['signal']} = {result['signal_value']:.1f}, calibration "
         f"{result['calibration']}" + (f", held-out MAE {100 * mae:.1f} pts)" if mae else ")"),
-        "baselines           " + "  ".join(f"{k} {_pct(v)}" for k, v in base.items()),
+        "baselines           " + "  ".join(f"{k} {pct(v)}" for k, v in base.items()),
         "embedding           "
         + "  ".join(f"{k} {'n/a' if v is None else f'{v:.3g}'}" for k, v in emb.items()),
         f"samples adapted on  {100 * result['used_fraction']:.0f}% per step "
@@ -237,22 +237,9 @@ def format_calibration(summary: dict, *, out: str) -> str:
     best = sorted(summary["fits"].items(), key=lambda kv: kv[1])[:5]
     lines = [
         f"calibrated {summary['model']} on {summary['variants']} shifted variants -> {out}",
-        f"reference accuracy {_pct(summary['reference_accuracy'])}; selected {summary['selected']} "
+        f"reference accuracy {pct(summary['reference_accuracy'])}; selected {summary['selected']} "
         f"(leave-one-family-out MAE {100 * summary['selected_mae']:.1f} pts)",
         "best fits: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in best),
         "baselines: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in summary["baseline_mae"].items()),
     ]
     return "\n".join(lines)
-
-
-@_guard
-def run_demo_command(args: argparse.Namespace) -> int:
-    if args.offline:
-        from workers.offline_demo import run_demo
-
-        return run_demo(cache_dir=args.data_dir, steps=args.steps, device=args.device)
-    from workers.http_demo import run_http_demo
-
-    return run_http_demo(
-        data_dir=args.data_dir, port=args.port, steps=args.steps, window=args.window
-    )

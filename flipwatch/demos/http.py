@@ -11,26 +11,22 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import socket
 import sys
 import tempfile
-import threading
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import torch
 from PIL import Image as PILImage
 from torch import Tensor
 
-from workers.estimation.spec import ModelSpec
+from flipwatch.workers.estimation.spec import ModelSpec
 
 Log = Callable[[str], None]
 
@@ -158,7 +154,7 @@ def png_bytes(image: Tensor) -> bytes:
 
 def reference_zip(images: Tensor, labels: Tensor, path: Path) -> Path:
     """An ImageFolder zip (`<label>/<n>.png`) of a labeled set, for POST .../calibrations."""
-    from workers.estimation.demo import write_image_folder
+    from flipwatch.demos.data import write_image_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "reference"
@@ -167,66 +163,6 @@ def reference_zip(images: Tensor, labels: Tensor, path: Path) -> Path:
             for file in files:
                 archive.write(file, file.relative_to(root).as_posix())
     return path
-
-
-# --- the embedded server in a thread --------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class RunningServer:
-    url: str
-    admin_key: str
-    stack: Any
-
-
-@contextmanager
-def embedded_server(
-    data_dir: Path,
-    *,
-    port: int = 0,
-    steps: int = 250,
-    calibration_suite: Any = None,
-    startup_timeout: float = 60.0,
-) -> Iterator[RunningServer]:
-    """`flipwatch serve --data-dir DATA_DIR` on 127.0.0.1:PORT (0: a free port), in a thread."""
-    import uvicorn
-
-    from service.settings import Settings
-    from workers.commands import build_server
-
-    # Embedded whatever the environment says: the demo needs no Postgres or Redis.
-    settings = Settings(
-        data_dir=data_dir,
-        database_url=None,
-        redis_url=None,
-        default_steps=steps,
-        calibration_processes=os.cpu_count() or 1,  # the demo owns the machine
-    )
-    stack = build_server(settings, calibration_suite=calibration_suite)
-    port = port or free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(stack.app, host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, name="flipwatch-serve", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + startup_timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            stack.close()
-            raise RuntimeError(f"the embedded server did not start on 127.0.0.1:{port}")
-        time.sleep(0.05)
-    try:
-        yield RunningServer(f"http://127.0.0.1:{port}", stack.admin_key or "", stack)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        stack.close()
 
 
 # --- the demo -----------------------------------------------------------------------------------
@@ -241,7 +177,7 @@ def _calibrated_model(
 ) -> tuple[str, dict[str, Any]]:
     """Register and calibrate the demo model, or reuse what an earlier run left in `data_dir`
     (same weights, same calibration suite and steps)."""
-    from workers.estimation.demo import DEMO_FAMILIES, demo_splits
+    from flipwatch.demos.data import DEMO_FAMILIES, demo_splits
 
     weights = Path(spec.weights or "")
     state_path = data_dir / "demo-state.json"
@@ -304,8 +240,8 @@ def _sha256(path: Path) -> str:
 
 def demo_windows(window: int, seed: int = 0) -> list[tuple[str, Tensor, Tensor]]:
     """(name, images, labels) per window: clean held-out MNIST, then two real shifts."""
-    from workers.estimation.demo import demo_splits
-    from workers.estimation.variants import make_variant
+    from flipwatch.demos.data import demo_splits
+    from flipwatch.workers.estimation.variants import make_variant
 
     splits = demo_splits(seed)
     held, digits = splits.heldout, splits.digits
@@ -322,12 +258,29 @@ def demo_windows(window: int, seed: int = 0) -> list[tuple[str, Tensor, Tensor]]
     ]
 
 
+class ServerFactory(Protocol):
+    """Starts an embedded server for the demo: `flipwatch.cli.startup.embedded_server`."""
+
+    def __call__(
+        self, data_dir: Path, *, port: int = 0, steps: int = 250
+    ) -> AbstractContextManager[Any]: ...
+
+
 def run_http_demo(
-    *, data_dir: Path, port: int = 0, steps: int = 250, window: int = 1000, log: Log | None = None
+    *,
+    server_factory: ServerFactory,
+    data_dir: Path,
+    port: int = 0,
+    steps: int = 250,
+    window: int = 1000,
+    log: Log | None = None,
 ) -> int:
-    """Run the demo end to end over HTTP against an embedded server; returns an exit status."""
-    from workers.estimation import load_model
-    from workers.estimation.demo import DEMO_FAMILIES, ensure_demo_model, evaluate_accuracy
+    """Run the demo end to end over HTTP against an embedded server; returns an exit status.
+
+    `server_factory` yields an object with `url` and `admin_key` (the CLI passes its start-up
+    code, so this package never imports the CLI)."""
+    from flipwatch.demos.data import DEMO_FAMILIES, ensure_demo_model, evaluate_accuracy
+    from flipwatch.workers.estimation import load_model
 
     torch.set_num_threads(1)  # the demo CNN is tiny: see workers/offline_demo.py
 
@@ -338,7 +291,7 @@ def run_http_demo(
     model = load_model(spec)
     # The calibration asks for the offline demo's suite (61 trajectories): a few minutes once per
     # data dir on a 2-core CPU; later runs reuse it (data_dir/demo-state.json).
-    with embedded_server(data_dir, port=port, steps=steps) as server:
+    with server_factory(data_dir, port=port, steps=steps) as server:
         log(f"embedded server on {server.url} (data dir {data_dir.resolve()})")
         with httpx.Client(base_url=server.url, timeout=120) as http:
             client = FlipwatchClient(http, server.admin_key)
@@ -374,7 +327,6 @@ __all__ = [
     "FlipwatchClient",
     "JobFailed",
     "demo_windows",
-    "embedded_server",
     "png_bytes",
     "reference_zip",
     "run_http_demo",
