@@ -19,7 +19,7 @@ from flipwatch.service.models import Estimate
 from flipwatch.workers.broker import InProcessWorker
 from tests.e2e.conftest import E2E_SUITE, E2E_WINDOW, Pipeline, e2e_settings
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from tests.e2e.conftest import (
     e2e_settings,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture
