@@ -441,7 +441,7 @@ def _problem_error(response: httpx.Response, request: str) -> FlipwatchError:
     errors = body.get("errors")
     return error_class(
         str(body.get("detail") or body.get("title") or response.reason_phrase),
-        status=int(body.get("status") or response.status_code),
+        status=response.status_code,
         code=code,
         title=str(body.get("title") or ""),
         errors=errors if isinstance(errors, list) else None,
@@ -457,7 +457,7 @@ def _problem_error(response: httpx.Response, request: str) -> FlipwatchError:
 class _Part:
     """One multipart file: bytes in memory, or a path opened anew for each attempt."""
 
-    field: str
+    form_field: str
     filename: str
     content: bytes | Path
     content_type: str
@@ -469,7 +469,7 @@ def _open_parts(parts: Sequence[_Part], stack: ExitStack) -> list[tuple[str, Any
         content: bytes | IO[bytes] = part.content  # type: ignore[assignment]
         if isinstance(part.content, Path):
             content = stack.enter_context(part.content.open("rb"))
-        files.append((part.field, (part.filename, content, part.content_type)))
+        files.append((part.form_field, (part.filename, content, part.content_type)))
     return files
 
 
@@ -524,8 +524,9 @@ class FlipwatchClient:
 
     Give either `base_url` (the client opens and closes its own httpx.Client) or `http`, an
     existing httpx.Client whose base URL points at the API (a `fastapi.testclient.TestClient`
-    works); `token` is the API key sent as a bearer token. Use it as a context manager, or call
-    `close()`. `sleep` waits between retries and polls (tests pass a recorder).
+    works); `token` is the API key sent as a bearer token. `timeout` (seconds per request) applies
+    to the client's own httpx.Client. Use it as a context manager, or call `close()`. `sleep`
+    waits between retries and polls (tests pass a recorder).
     """
 
     def __init__(
@@ -676,7 +677,7 @@ class FlipwatchClient:
             body["window_size"] = window_size
         if steps is not None:
             body["steps"] = steps
-        response = self._request("POST", "/v1/streams", retry=_Retry.UNPROCESSED, json=body)
+        response = self._request("POST", "/v1/streams", retry=_Retry.UNPROCESSED, body=body)
         return _from_json(Stream, response.json())
 
     def get_stream(self, stream_id: Id) -> Stream:
@@ -811,7 +812,7 @@ class FlipwatchClient:
         if webhook_url is not None:
             body["webhook_url"] = webhook_url
         response = self._request(
-            "POST", f"/v1/streams/{stream_id}/alert-rules", retry=_Retry.UNPROCESSED, json=body
+            "POST", f"/v1/streams/{stream_id}/alert-rules", retry=_Retry.UNPROCESSED, body=body
         )
         return _from_json(AlertRule, response.json())
 
@@ -896,7 +897,7 @@ class FlipwatchClient:
         *,
         retry: _Retry,
         params: Mapping[str, Any] | None = None,
-        json: Any = None,
+        body: Any = None,
         data: Mapping[str, str] | None = None,
         files: Sequence[_Part] | None = None,
         headers: Mapping[str, str] | None = None,
@@ -915,15 +916,17 @@ class FlipwatchClient:
                         method,
                         url,
                         params=params,
-                        json=json,
+                        json=body,
                         data=data,
                         files=_open_parts(files, stack) if files else None,
                         headers=all_headers,
                     )
             except httpx.TransportError as exc:
-                if last or not (retry is _Retry.IDEMPOTENT or _never_sent(exc)):
+                resend = retry is _Retry.IDEMPOTENT or _never_sent(exc)
+                if last or not resend:
+                    note = "" if resend else " (not resent: the server may have processed it)"
                     raise TransportFailed(
-                        f"no answer after {attempt} attempt(s): {type(exc).__name__}: {exc}",
+                        f"no answer after {attempt} attempt(s): {type(exc).__name__}: {exc}{note}",
                         code="transport-error",
                         request=request,
                     ) from exc
