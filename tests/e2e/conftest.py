@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 import redis
 
+from flipwatch.client import Calibration, FlipwatchClient, Job, Stream
 from flipwatch.demos.data import DemoSplits, demo_splits, ensure_demo_model
-from flipwatch.demos.http import FlipwatchClient, reference_zip
+from flipwatch.demos.http import post_tensor_images, reference_zip
 from flipwatch.service.core.settings import Settings
 from flipwatch.workers.estimation.spec import ModelSpec
 from flipwatch.workers.estimation.variants import make_variant
@@ -95,11 +96,11 @@ def redis_namespace() -> Iterator[str]:
 @dataclass(frozen=True)
 class PipelineRun:
     model_id: str
-    calibration: dict[str, Any]
-    clean_stream: dict[str, Any]
-    shifted_stream: dict[str, Any]
-    clean_job: dict[str, Any]
-    shifted_job: dict[str, Any]
+    calibration: Calibration
+    clean_stream: Stream
+    shifted_stream: Stream
+    clean_job: Job
+    shifted_job: Job
 
 
 Pipeline = Callable[[FlipwatchClient], PipelineRun]
@@ -117,26 +118,25 @@ def pipeline(
 
     def run(client: FlipwatchClient) -> PipelineRun:
         model = client.register_model(spec, Path(spec.weights or ""))
-        calibration = client.start_calibration(model["id"], reference_archive)
-        assert calibration["state"] == "queued"
-        client.wait_job(str(calibration["job_id"]), timeout=JOB_TIMEOUT)
-        calibration = client.calibration(calibration["id"])
-        assert calibration["state"] == "succeeded", calibration
+        calibration = client.start_calibration(model.id, reference_archive)
+        assert calibration.state == "queued"
+        calibration = client.wait_calibration(calibration.id, timeout=JOB_TIMEOUT)
+        assert calibration.state == "succeeded", calibration
 
         streams = {}
         for name in ("clean", "shifted"):
             streams[name] = client.create_stream(
                 f"e2e-{name}-{secrets.token_hex(3)}",
-                model["id"],
+                model.id,
                 window_size=E2E_WINDOW,
                 steps=E2E_STEPS,
             )
-        clean_jobs = client.post_images(streams["clean"]["id"], clean)
-        shifted_jobs = client.post_images(streams["shifted"]["id"], shifted)
+        clean_jobs = post_tensor_images(client, streams["clean"].id, clean)
+        shifted_jobs = post_tensor_images(client, streams["shifted"].id, shifted)
         assert len(clean_jobs) == len(shifted_jobs) == 1  # one full window each
 
         return PipelineRun(
-            model_id=model["id"],
+            model_id=model.id,
             calibration=calibration,
             clean_stream=streams["clean"],
             shifted_stream=streams["shifted"],

@@ -17,7 +17,7 @@ from flipwatch.workers.estimation import (
 from flipwatch.workers.estimation.trajectory import predict
 from flipwatch.workers.estimation.variants import make_variant
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CONFIG = EstimateConfig(steps=50, checkpoints=(0, 50))
 # defocus_blur stays out of calibration: the severity test measures a shift it never saw.

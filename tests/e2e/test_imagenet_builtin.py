@@ -14,7 +14,7 @@ from flipwatch.workers.estimation import (
     load_model,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from flipwatch.cli.startup import ADMIN_KEY_FILE, ServerStack, build_server
-from flipwatch.demos.http import FlipwatchClient
+from flipwatch.client import FlipwatchClient
 from flipwatch.service.core.tables import Estimate
 from flipwatch.workers.broker import InProcessWorker
 from tests.e2e.conftest import E2E_SUITE, E2E_WINDOW, Pipeline, e2e_settings
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture
@@ -41,20 +41,18 @@ def test_pipeline_estimates_windows_in_one_process_on_sqlite(
     assert key_file.read_text().strip() == embedded.admin_key
 
     with TestClient(embedded.app) as http:
-        run = pipeline(FlipwatchClient(http, key_file.read_text().strip()))
+        run = pipeline(FlipwatchClient(token=key_file.read_text().strip(), http=http))
 
     with embedded.session_factory() as session:
         rows = {
             name: list(
-                session.scalars(
-                    select(Estimate).where(Estimate.stream_id == uuid.UUID(stream["id"]))
-                )
+                session.scalars(select(Estimate).where(Estimate.stream_id == uuid.UUID(stream.id)))
             )
             for name, stream in (("clean", run.clean_stream), ("shifted", run.shifted_stream))
         }
     (clean,), (shifted,) = rows["clean"], rows["shifted"]
     assert clean.image_count == shifted.image_count == E2E_WINDOW
-    assert str(clean.job_id) == run.clean_job["id"]
+    assert str(clean.job_id) == run.clean_job.id
     assert 0.0 <= shifted.estimated_accuracy < clean.estimated_accuracy <= 1.0
     print(f"clean {clean.estimated_accuracy:.3f}, shifted {shifted.estimated_accuracy:.3f}")
 

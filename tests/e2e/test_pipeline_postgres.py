@@ -20,7 +20,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from flipwatch.cli.startup import ServerStack, build_server, free_port
-from flipwatch.demos.http import FlipwatchClient
+from flipwatch.client import FlipwatchClient
 from flipwatch.service.core.tables import Calibration, Estimate, Job
 from flipwatch.workers.estimation.spec import ModelSpec
 from flipwatch.workers.main import WorkerProcess
@@ -34,7 +34,7 @@ from tests.e2e.conftest import (
     e2e_settings,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def admin_client(http: httpx.Client, server: ServerStack) -> FlipwatchClient:
     with server.session_factory() as session:
         _, token = create_api_key(session, role="admin", name="e2e")
         session.commit()
-    return FlipwatchClient(http, token)
+    return FlipwatchClient(token=token, http=http)
 
 
 def test_pipeline_estimates_windows_through_redis_into_postgres(
@@ -83,13 +83,13 @@ def test_pipeline_estimates_windows_through_redis_into_postgres(
         scrape = http.get("/metrics").text
 
     with server.session_factory() as session:
-        assert session.get(Calibration, uuid.UUID(run.calibration["id"])).state == "succeeded"  # type: ignore[union-attr]
+        assert session.get(Calibration, uuid.UUID(run.calibration.id)).state == "succeeded"  # type: ignore[union-attr]
         estimates = {
-            name: _estimates(session, stream["id"])
+            name: _estimates(session, stream.id)
             for name, stream in (("clean", run.clean_stream), ("shifted", run.shifted_stream))
         }
         jobs = {
-            name: session.get(Job, uuid.UUID(job["id"]))
+            name: session.get(Job, uuid.UUID(job.id))
             for name, job in (("clean", run.clean_job), ("shifted", run.shifted_job))
         }
 
@@ -102,8 +102,8 @@ def test_pipeline_estimates_windows_through_redis_into_postgres(
         assert estimate.window_index == 0
         assert estimate.image_count == E2E_WINDOW
         assert estimate.model_version == 1
-        assert str(estimate.id) == str(
-            (run.clean_job if name == "clean" else run.shifted_job)["estimate_id"]
+        assert (
+            str(estimate.id) == (run.clean_job if name == "clean" else run.shifted_job).estimate_id
         )
     clean, shifted = estimates["clean"][0], estimates["shifted"][0]
     assert 0.0 <= shifted.estimated_accuracy < clean.estimated_accuracy <= 1.0
@@ -117,9 +117,9 @@ def test_pipeline_estimates_windows_through_redis_into_postgres(
     }
     for name, stream in (("clean", run.clean_stream), ("shifted", run.shifted_stream)):
         row = estimates[name][0]
-        key = ("flipwatch_estimated_accuracy_ratio", stream["name"], None)
+        key = ("flipwatch_estimated_accuracy_ratio", stream.name, None)
         assert samples[key] == row.estimated_accuracy
-        ac = ("flipwatch_baseline_accuracy_ratio", stream["name"], "ac")
+        ac = ("flipwatch_baseline_accuracy_ratio", stream.name, "ac")
         assert samples[ac] == row.result["baselines"]["ac"]
 
     metrics = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics").text
@@ -150,9 +150,9 @@ def test_stopping_the_worker_requeues_its_running_job(
             client = admin_client(http, server)
             spec, _ = demo_model
             model = client.register_model(spec, Path(spec.weights or ""))
-            job_id = str(client.start_calibration(model["id"], reference_archive)["job_id"])
+            job_id = str(client.start_calibration(model.id, reference_archive).job_id)
             deadline = time.monotonic() + 60
-            while client.job(job_id)["state"] != "running":
+            while client.get_job(job_id).state != "running":
                 assert time.monotonic() < deadline, "the worker never claimed the job"
                 time.sleep(0.1)
 
@@ -160,10 +160,10 @@ def test_stopping_the_worker_requeues_its_running_job(
             worker.stop()
             stopped_in = time.monotonic() - started
 
-            job = client.job(job_id)
-        assert job["state"] == "queued"
-        assert job["attempts"] == 0
-        assert job["worker"] is None
+            job = client.get_job(job_id)
+        assert job.state == "queued"
+        assert job.attempts == 0
+        assert job.worker is None
         assert stopped_in < 35
     finally:
         server.close()

@@ -14,22 +14,11 @@ from flipwatch.workers.estimation.adapt import (
     prepare_adaptation_copy,
     set_mode,
 )
-from flipwatch.workers.estimation.config import default_epsilon, entropy_threshold
 from flipwatch.workers.estimation.images import normalize
 
 
 def _batch(images: torch.Tensor, spec) -> torch.Tensor:
     return normalize(images[:64], spec.input)
-
-
-def test_entropy_threshold_matches_the_reference_constant():
-    assert entropy_threshold(1000) == 2.7631021115928547
-    assert entropy_threshold(10) == pytest.approx(0.4 * math.log(10))
-
-
-def test_default_epsilon_keeps_the_imagenet_value_and_opens_up_for_ten_classes():
-    assert default_epsilon(1000) == 0.05
-    assert default_epsilon(10) == pytest.approx(0.3953, abs=1e-4)
 
 
 def test_entropy_of_uniform_logits_is_log_c():

@@ -1,18 +1,13 @@
-"""Calibration fitting, selection and its JSON, on hand-made points (no trajectories)."""
-
-import json
+"""The calibration procedure: fitting and selection on hand-made points, and calibrate() on the
+tiny model. The stored result (JSON, fit choice, built-in maps): test_calibration_result.py."""
 
 import pytest
 import torch
 
+from flipwatch.workers.estimation import EstimateConfig, calibrate
 from flipwatch.workers.estimation.calibration import fit_points, leave_one_group_out_mae
-from flipwatch.workers.estimation.calibration_result import (
-    Calibration,
-    CalibrationMissing,
-    builtin_calibration,
-)
-from flipwatch.workers.estimation.spec import ModelSpec
-from flipwatch.workers.estimation.variants import CalibrationPoint, calibration_variants
+from flipwatch.workers.estimation.calibration_result import fit_rank
+from flipwatch.workers.estimation.variants import CalibrationPoint
 
 
 def _point(family: str, accuracy: float, good: float, noise: float) -> CalibrationPoint:
@@ -50,78 +45,52 @@ def test_a_signal_that_tracks_accuracy_is_selected_with_near_zero_held_out_error
     assert best.key == "good@0"  # ties go to the shorter trajectory
 
 
-def _calibration() -> Calibration:
-    fits = tuple(fit_points(POINTS))
-    return Calibration(
-        model_name="m",
-        num_classes=10,
-        probe_size=1000,
-        steps=50,
-        source="fitted",
-        fits=fits,
-        selected="noise@50",
-        points=tuple(POINTS),
-        class_means=torch.arange(6, dtype=torch.float32).view(2, 3),
-    )
+CONFIG = EstimateConfig(steps=4, checkpoints=(0, 4), probe_size=200, epsilon=1.0)
 
 
-def test_round_trips_through_json_with_points_and_tensors():
-    calibration = _calibration()
-    again = Calibration.from_dict(json.loads(json.dumps(calibration.to_dict())))
-    assert again.fits == calibration.fits
-    assert again.points == calibration.points
-    assert torch.equal(again.class_means, calibration.class_means)
-
-
-def test_runs_too_short_for_the_selected_checkpoint_use_the_best_reachable_fit():
-    calibration = _calibration()
-    assert calibration.fit_for(50).key == "noise@50"
-    assert calibration.fit_for(10).key == "good@0"
-
-
-def test_unknown_version_is_refused_with_the_fix():
-    data = _calibration().to_dict() | {"version": 99}
-    with pytest.raises(ValueError, match="recalibrate"):
-        Calibration.from_dict(data)
-
-
-class TestBuiltinCalibration:
-    def spec(self, imagenet: bool) -> ModelSpec:
-        return ModelSpec(
-            name="r50", format="torchvision", arch="resnet50", num_classes=1000, imagenet=imagenet
+class TestCalibrate:
+    def test_measures_every_variant_and_selects_the_best_held_out_fit(
+        self, tiny_model, tiny_spec, tiny_images
+    ):
+        labels = torch.arange(len(tiny_images)) % 10
+        seen: list[tuple[int, int]] = []
+        calibration = calibrate(
+            tiny_model,
+            tiny_images,
+            labels,
+            spec=tiny_spec,
+            config=CONFIG,
+            families=["contrast"],
+            severities=(2, 4),
+            progress=lambda done, total: seen.append((done, total)),
         )
+        assert [(p.family, p.severity, p.mixed) for p in calibration.points] == [
+            ("clean", 0, False),
+            ("contrast", 2, False),
+            ("contrast", 4, False),
+            ("contrast", 4, True),
+        ]
+        assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+        assert calibration.selected == min(calibration.fits, key=fit_rank).key
+        assert (calibration.probe_size, calibration.steps, calibration.num_classes) == (200, 4, 10)
+        clean = calibration.points[0]
+        assert calibration.reference_accuracy == clean.accuracy
+        assert calibration.baseline_reference.reference_accuracy == clean.accuracy
+        assert calibration.class_means.shape == (10, 16)
 
-    def test_only_for_imagenet_specs(self):
-        assert builtin_calibration(self.spec(False)) is None
-
-    def test_paper_map_at_1000_steps_and_app_d_refits_below(self):
-        calibration = builtin_calibration(self.spec(True))
-        assert calibration.fit_for(1000).key == "wf@1000"
-        assert calibration.fit_for(250).key == "wf@250"
-        assert calibration.fit_for(250).map(0.0) == pytest.approx(0.7383)
-        with pytest.raises(CalibrationMissing, match="no fit at or below 10 steps"):
-            calibration.fit_for(10)
-
-
-def test_variants_are_clean_plus_each_family_by_severity_plus_a_mix():
-    variants = calibration_variants(["contrast", "fog"], (1, 3))
-    assert variants == [
-        ("clean", 0, False),
-        ("contrast", 1, False),
-        ("contrast", 3, False),
-        ("contrast", 3, True),
-        ("fog", 1, False),
-        ("fog", 3, False),
-        ("fog", 3, True),
-    ]
-    assert len(calibration_variants()) == 1 + 17 * 6
+    def test_refuses_labels_that_do_not_match(self, tiny_model, tiny_spec, tiny_images):
+        with pytest.raises(ValueError, match="300 images but 299 labels"):
+            calibrate(tiny_model, tiny_images, torch.zeros(299, dtype=torch.long), spec=tiny_spec)
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, 9\]"):
+            calibrate(
+                tiny_model, tiny_images, torch.full((300,), 10, dtype=torch.long), spec=tiny_spec
+            )
 
 
+@pytest.mark.slow
 def test_parallel_processes_measure_exactly_what_a_sequential_run_does(
     tiny_model, tiny_spec, tiny_images
 ):
-    from flipwatch.workers.estimation import EstimateConfig, calibrate
-
     labels = torch.arange(len(tiny_images)) % 10
     config = EstimateConfig(steps=4, checkpoints=(0, 4), probe_size=200, epsilon=1.0)
     kwargs = dict(spec=tiny_spec, config=config, families=["contrast", "fog"], severities=(2,))

@@ -1,6 +1,4 @@
-"""Model specs and the three model formats, with the loader's refusals."""
-
-import json
+"""The three model formats and the loader's refusals (the spec itself: test_spec.py)."""
 
 import pytest
 import torch
@@ -9,7 +7,7 @@ import torchvision
 from flipwatch.workers.estimation.adapt import batchnorm_layers, prepare_adaptation_copy
 from flipwatch.workers.estimation.config import EstimateConfig
 from flipwatch.workers.estimation.loading import ModelLoadError, load_model, resolve_builders
-from flipwatch.workers.estimation.spec import ModelSpec, SpecError, read_spec
+from flipwatch.workers.estimation.spec import ModelSpec
 from flipwatch.workers.estimation.trajectory import run_trajectory
 from flipwatch.workers.estimation.zoo import tiny
 from tests.tiny_models import no_batchnorm
@@ -157,34 +155,3 @@ class TestBuilderRegistry:
     def test_operator_builder_that_cannot_be_imported_is_named(self):
         with pytest.raises(ModelLoadError, match="model builder 'x': cannot import 'no.such'"):
             resolve_builders({"x": "no.such:thing"})
-
-
-class TestSpec:
-    def test_relative_weights_resolve_against_the_spec_folder(self, tmp_path):
-        (tmp_path / "spec.json").write_text(
-            json.dumps(
-                {
-                    "name": "m",
-                    "format": "entrypoint",
-                    "entrypoint": "tiny",
-                    "weights": "w.pt",
-                    "num_classes": 10,
-                }
-            )
-        )
-        assert read_spec(tmp_path / "spec.json").weights == str(tmp_path / "w.pt")
-
-    def test_torchvision_format_needs_arch(self, tmp_path):
-        (tmp_path / "spec.json").write_text(
-            json.dumps({"name": "m", "format": "torchvision", "num_classes": 10})
-        )
-        with pytest.raises(SpecError, match="needs 'arch'"):
-            read_spec(tmp_path / "spec.json")
-
-    def test_imagenet_flag_needs_a_thousand_classes(self):
-        with pytest.raises(ValueError, match="num_classes 1000"):
-            _spec(format="torchvision", arch="resnet18", imagenet=True)
-
-    def test_missing_spec_file_is_named(self, tmp_path):
-        with pytest.raises(SpecError, match="does not exist"):
-            read_spec(tmp_path / "missing.json")

@@ -63,8 +63,10 @@ class TestRunTrajectory:
         assert set(t.signals["wf_source"]) == {0, 6, 12}
         assert set(t.signals["wf"]) == {6, 12}  # step 0 against itself is always 0
         assert t.probe_size == 200 and t.num_images == 300
-        assert all(0 <= v <= 1000 for s in t.signals.values() for v in s.values())
-        assert 0 < t.used_fraction <= 1
+        # uf_source: the share of probe predictions that differ from the source's, per 1000
+        changed = (t.source.labels != t.adapted[12].labels).double().mean()
+        assert t.signals["uf_source"][12] == pytest.approx(1000 * float(changed), abs=1e-9)
+        assert t.used_fraction > 0  # with ε = 1 some samples pass the filters and adapt
         assert t.source.features is not None and t.source.features.shape == (200, 16)
 
     def test_source_model_is_untouched(self, tiny_model, tiny_spec, tiny_images):
