@@ -201,7 +201,12 @@ def calibration_summary(calibration: Calibration) -> dict[str, object]:
     return {
         "model": calibration.model_name,
         "selected": calibration.selected,
-        "selected_mae": calibration.fit(calibration.selected).mae,
+        "selected_mae": calibration.selected_mae,
+        "estimator": calibration.selected_estimator.describe(),
+        "coverage": calibration.coverage,
+        "interval_half_width": (
+            None if calibration.interval_spec is None else calibration.interval_spec.half_width
+        ),
         "reference_accuracy": calibration.reference_accuracy,
         "variants": len(calibration.points),
         "fits": {f.key: f.mae for f in calibration.fits},
