@@ -272,6 +272,11 @@ def estimate_result(
         device="cpu",
         used_fraction=1.0,
         epsilon=0.0,
+        lower=round(max(0.0, accuracy - 0.05), 4),
+        upper=round(min(1.0, accuracy + 0.05), 4),
+        interval_level=0.9,
+        estimator="fit:wf@250",
+        label_shift=0.12,
     ).to_dict()
 
 

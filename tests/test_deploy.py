@@ -317,7 +317,10 @@ def test_prometheus_alerts_are_the_agreed_ones(prom_rules):
         "FlipwatchDriftAlertFiring",
         "FlipwatchNoRecentEstimate",
         "FlipwatchWorkerDown",
+        "FlipwatchAccuracyUpperBoundLow",
     }
+    upper = alerts["FlipwatchAccuracyUpperBoundLow"]
+    assert "flipwatch_estimated_accuracy_upper_ratio < 0.8" in upper["expr"]
     low = alerts["FlipwatchEstimatedAccuracyLow"]
     assert "flipwatch_estimated_accuracy_ratio < 0.8" in low["expr"]
     assert low["for"] == "15m"

@@ -201,7 +201,12 @@ def calibration_summary(calibration: Calibration) -> dict[str, object]:
     return {
         "model": calibration.model_name,
         "selected": calibration.selected,
-        "selected_mae": calibration.fit(calibration.selected).mae,
+        "selected_mae": calibration.selected_mae,
+        "estimator": calibration.selected_estimator.describe(),
+        "coverage": calibration.coverage,
+        "interval_half_width": (
+            None if calibration.interval_spec is None else calibration.interval_spec.half_width
+        ),
         "reference_accuracy": calibration.reference_accuracy,
         "variants": len(calibration.points),
         "fits": {f.key: f.mae for f in calibration.fits},
@@ -223,6 +228,10 @@ def format_estimate(result: dict, *, folder: str) -> str:
         f"estimated accuracy  {pct(result['estimated_accuracy'])}   "
         f"(signal {result['signal']} = {result['signal_value']:.1f}, calibration "
         f"{result['calibration']}" + (f", held-out MAE {100 * mae:.1f} pts)" if mae else ")"),
+        f"90% interval        {pct(result.get('lower'))} .. {pct(result.get('upper'))}   "
+        f"(estimator {result.get('estimator')})",
+        f"class mix           label_shift {_number(result.get('label_shift'))} against the "
+        "reference set (0 = same mix; high = other classes, not necessarily failure)",
         "baselines           " + "  ".join(f"{k} {pct(v)}" for k, v in base.items()),
         "embedding           "
         + "  ".join(f"{k} {'n/a' if v is None else f'{v:.3g}'}" for k, v in emb.items()),
@@ -231,6 +240,10 @@ def format_estimate(result: dict, *, folder: str) -> str:
     ]
     lines.extend(f"warning: {w}" for w in result["warnings"])
     return "\n".join(lines)
+
+
+def _number(value: object) -> str:
+    return "n/a" if value is None else f"{float(value):.3f}"
 
 
 def format_calibration(summary: dict, *, out: str) -> str:

@@ -225,6 +225,7 @@ def train_demo_model(
     weight_decay: float = 1e-4,
     widths: Sequence[int] = (16, 32, 64),
     log: Callable[[str], None] | None = None,
+    arch: str = "mnist_cnn",
 ) -> nn.Module:
     """Train `zoo.mnist_cnn` on uint8 (N, 1, 28, 28) images; returns it in eval mode on CPU.
 
@@ -237,7 +238,8 @@ def train_demo_model(
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = zoo.mnist_cnn(num_classes=10, in_channels=images.shape[1], widths=widths)
+        # `arch`: any zoo builder taking these arguments (the quality benchmark's mnist_resnet).
+        model = zoo.build(arch, num_classes=10, in_channels=images.shape[1], widths=widths)
     x_all = images.float() / 255.0
     y_all = labels.long()
     steps_per_epoch = math.ceil(len(x_all) / batch_size)

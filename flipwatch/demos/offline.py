@@ -141,7 +141,7 @@ def format_demo_table(rows: list, calibration: Calibration) -> str:
     header = f"{'held-out set':34} {'true':>6} {'flipwatch':>9} {methods}"
     lines = [
         f"signal {calibration.selected} (leave-one-family-out MAE "
-        f"{100 * (calibration.fit(calibration.selected).mae or 0):.1f} pts)",
+        f"{100 * (calibration.selected_mae or 0):.1f} pts)",
         header,
         "-" * len(header),
     ]

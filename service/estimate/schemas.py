@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 
 class EstimateRead(BaseModel):
@@ -27,3 +27,34 @@ class EstimateRead(BaseModel):
         "distances, steps, probe size, seconds, device."
     )
     created_at: datetime
+
+    @computed_field(
+        description="Lower bound of the 90 % prediction interval (split conformal "
+        "on the calibration's held-out shift families, widened for small windows)."
+    )
+    @property
+    def lower(self) -> float | None:
+        return self.result.get("lower")
+
+    @computed_field(description="Upper bound of the prediction interval.")
+    @property
+    def upper(self) -> float | None:
+        return self.result.get("upper")
+
+    @computed_field(description="Nominal coverage of [lower, upper] (0.9).")
+    @property
+    def interval_level(self) -> float | None:
+        return self.result.get("interval_level")
+
+    @computed_field(
+        description="Total variation between the window's estimated class "
+        "proportions (MLLS) and the reference set's: high means another class mix."
+    )
+    @property
+    def label_shift(self) -> float | None:
+        return self.result.get("label_shift")
+
+    @computed_field(description="What produced the estimate, e.g. 'fit:uf_source@100~lr2e-3'.")
+    @property
+    def estimator(self) -> str | None:
+        return self.result.get("estimator")

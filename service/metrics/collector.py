@@ -39,6 +39,30 @@ class _StreamFamilies:
             labels=STREAM_LABELS,
         )
     )
+    lower: GaugeMetricFamily = field(
+        default_factory=lambda: GaugeMetricFamily(
+            "flipwatch_estimated_accuracy_lower_ratio",
+            "Lower bound of the estimate's prediction interval (90 %: split conformal on the "
+            "calibration's held-out families, widened for small windows).",
+            labels=STREAM_LABELS,
+        )
+    )
+    upper: GaugeMetricFamily = field(
+        default_factory=lambda: GaugeMetricFamily(
+            "flipwatch_estimated_accuracy_upper_ratio",
+            "Upper bound of the estimate's prediction interval: alert on it to page only when "
+            "even the optimistic end is below the floor.",
+            labels=STREAM_LABELS,
+        )
+    )
+    label_shift: GaugeMetricFamily = field(
+        default_factory=lambda: GaugeMetricFamily(
+            "flipwatch_label_shift_distance",
+            "Total variation between the window's estimated class proportions (MLLS) and the "
+            "reference set's: a different class mix, not model failure.",
+            labels=STREAM_LABELS,
+        )
+    )
     flips: GaugeMetricFamily = field(
         default_factory=lambda: GaugeMetricFamily(
             "flipwatch_weighted_flips",
@@ -93,6 +117,9 @@ class _StreamFamilies:
     def all(self) -> list[Metric]:
         return [
             self.accuracy,
+            self.lower,
+            self.upper,
+            self.label_shift,
             self.flips,
             self.baselines,
             self.embedding,
@@ -145,6 +172,10 @@ def read_stream_metrics(session: Session) -> list[Metric]:
             out.flips.add_metric(labels, float(estimate.weighted_flips))
         result = stored_result(estimate)
         if result is not None:
+            interval = {"lower": result.lower, "upper": result.upper, "shift": result.label_shift}
+            for name, value in _numbers(interval):
+                family = {"lower": out.lower, "upper": out.upper, "shift": out.label_shift}[name]
+                family.add_metric(labels, value)
             for method, value in _numbers(result.baselines):
                 out.baselines.add_metric([*labels, method], value)
             for kind, value in _numbers(result.embedding):

@@ -10,6 +10,9 @@ from __future__ import annotations
 # Per stream, from the database (collector.py's DatabaseCollector).
 STREAM_METRICS: tuple[str, ...] = (
     "flipwatch_estimated_accuracy_ratio",
+    "flipwatch_estimated_accuracy_lower_ratio",  # the 90 % interval's bounds
+    "flipwatch_estimated_accuracy_upper_ratio",
+    "flipwatch_label_shift_distance",  # class mix vs the reference set (total variation)
     "flipwatch_weighted_flips",
     "flipwatch_baseline_accuracy_ratio",  # {method}
     "flipwatch_embedding_distance",  # {kind}

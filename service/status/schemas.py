@@ -19,6 +19,9 @@ class StatusPoint(BaseModel):
     signal: str
     baselines: dict[str, float | None]
     created_at: datetime
+    lower: float | None = None  # the 90 % interval, drawn as a band
+    upper: float | None = None
+    label_shift: float | None = None
 
 
 class StatusAlertMarker(BaseModel):

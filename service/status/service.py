@@ -73,6 +73,7 @@ def _stream_status(
             signal=e.signal,
             baselines=_baselines(e),
             created_at=e.created_at,
+            **_interval(e),
         )
         for e in estimates
     ]
@@ -118,6 +119,13 @@ def _stream_status(
 def _baselines(estimate: Estimate) -> dict[str, float | None]:
     result = stored_result(estimate)
     return dict(result.baselines) if result is not None else {}
+
+
+def _interval(estimate: Estimate) -> dict[str, float | None]:
+    result = stored_result(estimate)
+    if result is None:
+        return {}
+    return {"lower": result.lower, "upper": result.upper, "label_shift": result.label_shift}
 
 
 def _job_counts(session: Session) -> dict[str, int]:

@@ -84,6 +84,15 @@ class TestCreateEstimate:
 
 
 class TestListEstimates:
+    def test_each_estimate_carries_its_interval_and_class_mix_distance(
+        self, client, session, read_token
+    ):
+        stream = make_stream(session)
+        estimate = make_estimate(session, stream=stream, window_index=0, estimated_accuracy=0.8)
+        body = client.get(f"/v1/estimates/{estimate.id}", headers=bearer(read_token)).json()
+        assert (body["lower"], body["upper"], body["interval_level"]) == (0.75, 0.85, 0.9)
+        assert (body["label_shift"], body["estimator"]) == (0.12, "fit:wf@250")
+
     def test_newest_window_first_with_keyset_pages(self, client, session, read_token):
         stream = make_stream(session)
         other = make_stream(session)
@@ -132,6 +141,8 @@ class TestListEstimates:
         ).json()["items"]
         assert item["result"] == result
         assert (item["estimated_accuracy"], item["weighted_flips"]) == (0.81, 0.12)
+        # A result stored before intervals existed: the fields are there, null.
+        assert (item["lower"], item["upper"], item["label_shift"]) == (None, None, None)
         one = client.get(f"/v1/estimates/{estimate.id}", headers=bearer(read_token)).json()
         assert one == item
         job_body = client.get(f"/v1/jobs/{job.id}", headers=bearer(read_token)).json()

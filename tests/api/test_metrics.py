@@ -106,6 +106,10 @@ def test_stream_metrics_equal_the_latest_database_rows(session, scrape):
     assert latest.window_index == 2
     assert one(samples, "flipwatch_estimated_accuracy_ratio", **labels) == latest.estimated_accuracy
     assert one(samples, "flipwatch_weighted_flips", **labels) == latest.weighted_flips
+    # The 90 % interval (0.84 ± 0.05 in the stored result) and the class-mix distance.
+    assert one(samples, "flipwatch_estimated_accuracy_lower_ratio", **labels) == 0.79
+    assert one(samples, "flipwatch_estimated_accuracy_upper_ratio", **labels) == 0.89
+    assert one(samples, "flipwatch_label_shift_distance", **labels) == 0.12
     baselines = series(samples, "flipwatch_baseline_accuracy_ratio", **labels)
     assert baselines == {
         (("method", m),): v for m, v in latest.result["baselines"].items() if v is not None

@@ -1,6 +1,7 @@
 """`flipwatch estimate` and `flipwatch calibrate`: one JSON object, or one clear error line."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -94,6 +95,15 @@ def test_estimate_json_is_one_object_with_the_documented_fields(
     assert (result["steps"], result["probe_size"], result["num_images"]) == (10, 100, 128)
     assert result["device"] == "cpu" and result["seconds"] > 0
     assert set(result["signals"]["wf_source"]) == {"0", "10"}
+    # A version-1 style calibration (no held-out residuals): ±ln(10)·MAE at 90 %.
+    half = math.log(10) * 0.05
+    assert result["interval_level"] == 0.9
+    assert result["lower"] == pytest.approx(max(0.0, result["estimated_accuracy"] - half))
+    assert result["upper"] == pytest.approx(min(1.0, result["estimated_accuracy"] + half))
+    assert result["estimator"] == "fit:wf_source@0"
+    assert len(result["class_proportions"]) == 10
+    assert sum(result["class_proportions"]) == pytest.approx(1.0)
+    assert 0.0 <= result["label_shift"] <= 1.0
 
 
 def test_estimate_without_calibration_for_a_non_imagenet_model_says_to_calibrate(
@@ -177,7 +187,9 @@ def test_calibrate_writes_a_calibration_that_estimate_reads(
     )
     summary = json.loads(capsys.readouterr().out)
     assert code == 0
-    assert summary["variants"] == 1 + 2 * 6
+    # clean + 2 families × (5 severities + a mix), 3 clean class mixes, 2 skewed shifted
+    # variants, 3 subsampled ones for the small-window spread
+    assert summary["variants"] == 1 + 2 * 6 + 3 + 2 + 3
     calibration = Calibration.from_dict(json.loads(out.read_text()))
     assert calibration.selected == summary["selected"]
     assert {f.key for f in calibration.fits} >= {"wf_source@0", "wf@4", "uf_source@4"}

@@ -96,6 +96,6 @@ def test_parallel_processes_measure_exactly_what_a_sequential_run_does(
     kwargs = dict(spec=tiny_spec, config=config, families=["contrast", "fog"], severities=(2,))
     sequential = calibrate(tiny_model, tiny_images, labels, **kwargs)
     parallel = calibrate(tiny_model, tiny_images, labels, processes=2, **kwargs)
-    assert len(parallel.points) == 1 + 2 * 2
+    assert len(parallel.points) == 1 + 2 * 2 + 3 + 2 + 3  # + class mixes and spread subsets
     assert parallel.points == sequential.points
     assert parallel.selected == sequential.selected

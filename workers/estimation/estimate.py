@@ -1,12 +1,14 @@
-"""One label-free accuracy estimate: trajectory -> signals -> calibrated map -> result.
+"""One label-free accuracy estimate: trajectory -> features -> selected estimator -> result.
 
 The number estimates the accuracy of the *source* model as deployed (eval mode, no adaptation)
-on the window (spec §1, §10.11); the adapted copy is only a measuring instrument.
+on the window (spec §1, §10.11); the adapted copy is only a measuring instrument. The estimator,
+its trajectory setting (learning rate, batch size) and its interval come from the calibration.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -18,14 +20,10 @@ from flipwatch.workers.estimation.calibration_result import (
     builtin_calibration,
 )
 from flipwatch.workers.estimation.config import EstimateConfig, default_epsilon
-from flipwatch.workers.estimation.embeddings import (
-    centroid_shift,
-    feature_stats,
-    frechet_distance,
-    kmeans,
-    silhouette_score,
-)
+from flipwatch.workers.estimation.conformal import widened_half_width
+from flipwatch.workers.estimation.features import row_features
 from flipwatch.workers.estimation.result import EstimateResult
+from flipwatch.workers.estimation.selection import Estimator, select
 from flipwatch.workers.estimation.spec import ModelSpec
 from flipwatch.workers.estimation.trajectory import (
     Progress,
@@ -33,36 +31,28 @@ from flipwatch.workers.estimation.trajectory import (
     resolve_device,
     run_trajectory,
 )
+from flipwatch.workers.estimation.window_features import ReferenceSet, measure_window
 
 MIN_PROBE_FOR_TRUST = 100
+EMBEDDING_KEYS = ("frechet", "silhouette", "centroid_shift")
 
 
-def embedding_distances(
-    trajectory: Trajectory, calibration: Calibration | None, *, num_classes: int, seed: int
-) -> dict[str, float | None]:
-    """Fréchet distance of the window's source features to the reference features, and the
-    post-adaptation silhouette and centroid shift (spec §8)."""
-    out: dict[str, float | None] = {"frechet": None, "silhouette": None, "centroid_shift": None}
-    source = trajectory.source.features
-    adapted = trajectory.adapted[trajectory.steps].features
-    if (
-        calibration is not None
-        and calibration.reference_features is not None
-        and source is not None
-    ):
-        window = feature_stats(source)
-        ref = calibration.reference_features
-        out["frechet"] = float(frechet_distance(window.mean, window.cov, ref.mean, ref.cov))
-    if adapted is not None and len(adapted) >= 4:
-        # k-means with one cluster per class needs ~20 points per cluster to mean anything.
-        k = max(2, min(num_classes, len(adapted) // 20))
-        generator = torch.Generator().manual_seed(seed)
-        centroids, assignments = kmeans(adapted, k, generator=generator)
-        if assignments.unique().numel() >= 2:  # collapsed features form a single cluster
-            out["silhouette"] = float(silhouette_score(adapted, assignments))
-        if calibration is not None and calibration.class_means is not None:
-            out["centroid_shift"] = float(centroid_shift(centroids, calibration.class_means))
-    return out
+def estimator_within(calibration: Calibration, steps: int) -> tuple[Estimator, bool]:
+    """The calibration's estimator, or when it needs more than `steps` adaptation steps the best
+    candidate within reach (re-selected from the stored points); True when it fell back."""
+    estimator = calibration.selected_estimator
+    if estimator.steps <= steps:
+        return estimator, False
+    if calibration.estimator is None or not calibration.points:
+        fit = calibration.fit_for(steps)
+        return Estimator(f"fit:{fit.key}", "fit", (fit.key,), (fit.map,)), True
+    from flipwatch.workers.estimation.calibration import selection_table
+    from flipwatch.workers.estimation.features import feature_step
+
+    def allowed(name: str) -> bool:
+        return feature_step(name) <= steps
+
+    return select(selection_table(calibration.points, allowed), allowed=allowed).estimator, True
 
 
 def estimate(
@@ -91,31 +81,50 @@ def estimate(
             f"calibration is for {calibration.num_classes} classes, "
             f"the model has {spec.num_classes}"
         )
-    fit = calibration.fit_for(config.steps)
+    estimator, fell_back = estimator_within(calibration, config.steps)
+    setting = calibration.setting(estimator.setting) if estimator.setting else None
+    run_config = (
+        config if setting is None else replace(config, lr=setting.lr, batch_size=setting.batch_size)
+    )
     device = resolve_device(device)
     started = time.perf_counter()
     trajectory = run_trajectory(
-        model, images, spec=spec, config=config, device=device, progress=progress
+        model, images, spec=spec, config=run_config, device=device, progress=progress
     )
-    value = trajectory.signals[fit.signal][fit.step]
-    warnings = _warnings(trajectory, calibration, config)
+    signals = _named_signals(trajectory.signals, estimator.setting)
+    baselines = baseline_estimates_for(
+        trajectory.source.probs, calibration.baseline_reference, seed=config.seed
+    )
+    reference = calibration.window_reference() or ReferenceSet(
+        prior=torch.full((spec.num_classes,), 1.0 / spec.num_classes, dtype=torch.float64)
+    )
+    window = measure_window(
+        model, trajectory, spec=spec, config=run_config, device=device, reference=reference
+    )
+    values = row_features(signals, baselines, window.values)
+    missing = [name for name in estimator.features if name not in values]
+    if missing:
+        raise CalibrationMissing(
+            f"the calibration's estimator needs {', '.join(missing)}, which this window did "
+            "not give (recalibrate the model with this flipwatch version)"
+        )
+    value = estimator(values)
+    lower, upper, level = _interval(calibration, value, trajectory.probe_size)
+    warnings = _warnings(trajectory, calibration, config, estimator, fell_back)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    primary = estimator.features[0]
     return EstimateResult(
-        estimated_accuracy=fit.map(value),
-        signal=fit.key,
-        signal_value=value,
+        estimated_accuracy=value,
+        signal=primary,
+        signal_value=values[primary],
         calibration=calibration.source,
-        calibration_mae=fit.mae,
+        calibration_mae=calibration.selected_mae,
         weighted_flips=trajectory.signals["wf"][trajectory.steps],
         signals=trajectory.signals,
-        baselines=baseline_estimates_for(
-            trajectory.source.probs, calibration.baseline_reference, seed=config.seed
-        ),
-        embedding=embedding_distances(
-            trajectory, calibration, num_classes=spec.num_classes, seed=config.seed
-        ),
-        steps=config.steps,
+        baselines=baselines,
+        embedding={k: window.values.get(k) for k in EMBEDDING_KEYS},
+        steps=run_config.steps,
         probe_size=trajectory.probe_size,
         num_images=trajectory.num_images,
         seconds=round(time.perf_counter() - started, 3),
@@ -123,11 +132,53 @@ def estimate(
         used_fraction=trajectory.used_fraction,
         epsilon=config.epsilon if config.epsilon is not None else default_epsilon(spec.num_classes),
         warnings=warnings,
+        lower=lower,
+        upper=upper,
+        interval_level=level,
+        estimator=estimator.describe(),
+        estimator_inputs={name: values[name] for name in estimator.features},
+        class_proportions=window.class_proportions,
+        reference_class_proportions=[float(v) for v in reference.prior],
+        label_shift=window.label_shift,
     )
 
 
+def _named_signals(
+    signals: dict[str, dict[int, float]], setting: str
+) -> dict[str, dict[int, float]]:
+    """Signals under the names calibration gave them: `<signal>~<setting>` past step 0."""
+    if not setting:
+        return signals
+    named: dict[str, dict[int, float]] = {}
+    for name, by_step in signals.items():
+        named[f"{name}~{setting}"] = {s: v for s, v in by_step.items() if s > 0}
+        if 0 in by_step:
+            named[name] = {0: by_step[0]}
+    return named
+
+
+def _interval(
+    calibration: Calibration, value: float, window_size: int
+) -> tuple[float | None, float | None, float | None]:
+    spec = calibration.interval_spec
+    if spec is None:
+        return None, None, None
+    half = widened_half_width(
+        spec.half_width,
+        window_size=window_size,
+        calibration_size=spec.calibration_size,
+        spread=spec.spread,
+        level=spec.level,
+    )
+    return max(0.0, value - half), min(1.0, value + half), spec.level
+
+
 def _warnings(
-    trajectory: Trajectory, calibration: Calibration, config: EstimateConfig
+    trajectory: Trajectory,
+    calibration: Calibration,
+    config: EstimateConfig,
+    estimator: Estimator,
+    fell_back: bool,
 ) -> list[str]:
     notes: list[str] = []
     if trajectory.probe_size < MIN_PROBE_FOR_TRUST:
@@ -140,10 +191,10 @@ def _warnings(
             f"probe size {trajectory.probe_size} differs from the calibration's "
             f"{calibration.probe_size}; flips were rescaled to a 1000-image probe"
         )
-    if config.steps < calibration.fit(calibration.selected).step:
+    if fell_back:
         notes.append(
-            f"{config.steps} steps do not reach the selected checkpoint {calibration.selected}; "
-            "used the best fit within reach"
+            f"{config.steps} steps do not reach the selected estimator's checkpoint "
+            f"({calibration.selected_estimator.steps}); used {estimator.name}, the best in reach"
         )
     if trajectory.used_fraction == 0.0 and config.steps > 0:
         notes.append("no sample passed the entropy and redundancy filters: nothing adapted")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -74,6 +75,20 @@ class QuadraticMap:
     def slope(self, x: float) -> float:
         return 2 * self.a * x + self.b
 
+    def raw_np(self, x: np.ndarray) -> np.ndarray:
+        return self.a * x * x + self.b * x + self.c
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """`__call__` over a numpy array (linear beyond the fitted range, clipped to [0, 1])."""
+        x = np.asarray(x, dtype=np.float64)
+        lo, hi = self.x_min, self.x_max
+        y = self.raw_np(x)
+        if math.isfinite(lo):
+            y = np.where(x < lo, self.raw(lo) + self.slope(lo) * (x - lo), y)
+        if math.isfinite(hi):
+            y = np.where(x > hi, self.raw(hi) + self.slope(hi) * (x - hi), y)
+        return np.clip(y, 0.0, 1.0)
+
     def __call__(self, x: float) -> float:
         if x < self.x_min:
             y = self.raw(self.x_min) + self.slope(self.x_min) * (x - self.x_min)
@@ -124,33 +139,36 @@ def fit_monotone_quadratic(x: Tensor, y: Tensor) -> QuadraticMap:
     If the unconstrained fit turns inside the range, the constrained optimum has its vertex on an
     end of the range (or is a line), so those three candidates are fitted and the best kept.
     """
-    x = x.double().flatten()
-    y = y.double().flatten()
-    if x.numel() != y.numel() or x.numel() < 2:
+    return fit_monotone_quadratic_np(
+        x.detach().double().flatten().cpu().numpy(), y.detach().double().flatten().cpu().numpy()
+    )
+
+
+def fit_monotone_quadratic_np(x: np.ndarray, y: np.ndarray) -> QuadraticMap:
+    """`fit_monotone_quadratic` on float64 numpy vectors: selection fits thousands of these."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if x.size != y.size or x.size < 2:
         raise ValueError("fit needs at least two (x, y) points of equal count")
     lo, hi = float(x.min()), float(x.max())
+    ones = np.ones_like(x)
     candidates: list[QuadraticMap] = []
-    if x.numel() >= 3 and hi > lo:
-        a, b, c = _lstsq(torch.stack([x * x, x, torch.ones_like(x)], 1), y)
+    if x.size >= 3 and hi > lo:
+        a, b, c = _lstsq(np.stack([x * x, x, ones], 1), y)
         free = QuadraticMap(a, b, c, lo, hi)
         if free.is_monotone():
             candidates.append(free)
         for vertex in (lo, hi):
             # f = a·(x − v)² + c  <=>  a·x² − 2av·x + (a·v² + c)
-            a_v, c_v = _lstsq(torch.stack([(x - vertex) ** 2, torch.ones_like(x)], 1), y)
+            a_v, c_v = _lstsq(np.stack([(x - vertex) ** 2, ones], 1), y)
             candidates.append(QuadraticMap(a_v, -2 * a_v * vertex, a_v * vertex**2 + c_v, lo, hi))
     if hi > lo:
-        b_l, c_l = _lstsq(torch.stack([x, torch.ones_like(x)], 1), y)
+        b_l, c_l = _lstsq(np.stack([x, ones], 1), y)
         candidates.append(QuadraticMap(0.0, b_l, c_l, lo, hi))
     else:
         candidates.append(QuadraticMap(0.0, 0.0, float(y.mean()), lo, hi))
-    return min(candidates, key=lambda f: _sse(f, x, y))
+    return min(candidates, key=lambda f: float(((f.raw_np(x) - y) ** 2).sum()))
 
 
-def _lstsq(design: Tensor, y: Tensor) -> list[float]:
-    solution = torch.linalg.lstsq(design, y.unsqueeze(1), driver="gelsd").solution
-    return [float(v) for v in solution.flatten()]
-
-
-def _sse(f: QuadraticMap, x: Tensor, y: Tensor) -> float:
-    return float(sum((f.raw(float(xi)) - float(yi)) ** 2 for xi, yi in zip(x, y, strict=True)))
+def _lstsq(design: np.ndarray, y: np.ndarray) -> list[float]:
+    return [float(v) for v in np.linalg.lstsq(design, y, rcond=None)[0]]

@@ -30,6 +30,19 @@ class EstimateResult:
     used_fraction: float
     epsilon: float
     warnings: list[str] = field(default_factory=list)
+    # A prediction interval around estimated_accuracy: [lower, upper] at interval_level (split
+    # conformal on the calibration's nested held-out residuals, widened for small windows).
+    lower: float | None = None
+    upper: float | None = None
+    interval_level: float | None = None
+    # What produced the estimate ("fit:uf_source@0", "stack: ...") and the values it read.
+    estimator: str | None = None
+    estimator_inputs: dict[str, float] = field(default_factory=dict)
+    # The window's class proportions (MLLS on the source model's outputs), the reference set's,
+    # and their total-variation distance: a different class mix, not model failure.
+    class_proportions: list[float] | None = None
+    reference_class_proportions: list[float] | None = None
+    label_shift: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)

@@ -7,8 +7,8 @@ variant is fully described by (family, severity, mixed, seed), so any process ca
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -17,7 +17,7 @@ from flipwatch.workers.estimation.baselines import BaselineReference, baseline_e
 from flipwatch.workers.estimation.config import EstimateConfig
 from flipwatch.workers.estimation.corruptions import CORRUPTIONS, corrupt
 from flipwatch.workers.estimation.spec import ModelSpec
-from flipwatch.workers.estimation.trajectory import predict, run_trajectory
+from flipwatch.workers.estimation.trajectory import Trajectory, predict, run_trajectory
 
 CLEAN = "clean"
 MIX_FRACTION = 0.5
@@ -33,6 +33,10 @@ class CalibrationPoint:
     accuracy: float
     signals: dict[str, dict[int, float]]
     baselines: dict[str, float]
+    # Quality additions: a class-mix subset of the reference set (class_mix.py), and the window
+    # features of window_features.py (embedding distances, label shift, class-mix deltas).
+    subset: str | None = None
+    features: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -42,6 +46,8 @@ class CalibrationPoint:
             "accuracy": self.accuracy,
             "signals": {k: {str(s): v for s, v in d.items()} for k, d in self.signals.items()},
             "baselines": self.baselines,
+            "subset": self.subset,
+            "features": self.features,
         }
 
     @classmethod
@@ -55,6 +61,8 @@ class CalibrationPoint:
                 k: {int(s): float(v) for s, v in d.items()} for k, d in data["signals"].items()
             },
             baselines={k: float(v) for k, v in data["baselines"].items()},
+            subset=data.get("subset"),
+            features={k: float(v) for k, v in (data.get("features") or {}).items()},
         )
 
 
@@ -93,6 +101,12 @@ class VariantTask:
     severity: int
     mixed: bool
     seed: int
+    subset: str | None = None  # a class-mix subset of the reference set (class_mix.py)
+
+
+# Extra per-variant measurements (window_features.py), given the context, the variant's labels
+# and its trajectory; None keeps a point to signals and baselines.
+Extras = Callable[["VariantContext", Tensor, Trajectory], dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -106,25 +120,39 @@ class VariantContext:
     config: EstimateConfig
     device: torch.device
     reference: BaselineReference
+    extras: Extras | None = None
 
 
 def measure_variant(context: VariantContext, task: VariantTask) -> CalibrationPoint:
     """True accuracy, every flip signal and the baselines on one shifted variant."""
 
     c = context
-    shifted = make_variant(c.images, task.family, task.severity, task.mixed, seed=task.seed)
+    images, labels = c.images, c.labels
+    if task.subset is not None:
+        from flipwatch.workers.estimation.class_mix import subset_indices
+
+        keep = subset_indices(labels, task.subset, num_classes=c.spec.num_classes, seed=task.seed)
+        images, labels = images[keep], labels[keep]
+    shifted = make_variant(images, task.family, task.severity, task.mixed, seed=task.seed)
     source = predict(c.model, shifted, c.spec, device=c.device, chunk_size=256)
     trajectory = run_trajectory(
-        c.model, shifted, spec=c.spec, config=c.config, device=c.device, features=False
+        c.model,
+        shifted,
+        spec=c.spec,
+        config=c.config,
+        device=c.device,
+        features=c.extras is not None,
     )
     baselines = baseline_estimates_for(trajectory.source.probs, c.reference, seed=c.config.seed)
     return CalibrationPoint(
         family=task.family,
         severity=task.severity,
         mixed=task.mixed,
-        accuracy=float((source.labels == c.labels).double().mean()),
+        accuracy=float((source.labels == labels).double().mean()),
         signals=trajectory.signals,
         baselines={k: v for k, v in baselines.items() if v is not None},
+        subset=task.subset,
+        features={} if c.extras is None else c.extras(c, labels, trajectory),
     )
 
 

@@ -14,7 +14,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ZOO", "ConvNet", "EfficientNetLite", "build", "efficientnet_lite0", "mnist_cnn", "tiny"]
+__all__ = [
+    "ZOO",
+    "ConvNet",
+    "EfficientNetLite",
+    "SmallResNet",
+    "build",
+    "efficientnet_lite0",
+    "mnist_cnn",
+    "mnist_resnet",
+    "tiny",
+]
 
 
 class ConvNet(nn.Module):
@@ -59,6 +69,64 @@ def mnist_cnn(
 def tiny(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """A ~4 k-parameter BN CNN for 32 × 32 inputs: tests and CI, never accuracy."""
     return ConvNet(num_classes, in_channels, (8, 16, 16))
+
+
+class BasicBlock(nn.Module):
+    """conv3×3 → BN → ReLU → conv3×3 → BN, plus the input (a 1×1 conv + BN when the shape
+    changes), then ReLU: the ResNet-18 block."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """A stem conv, one BasicBlock per stage (stride 1, 2, 2), global average pool, `fc`.
+
+    A second architecture for the quality benchmark: skip connections let batch statistics of a
+    shifted window reach the head by two paths, unlike the plain ConvNet.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int, widths: Sequence[int]) -> None:
+        super().__init__()
+        if len(widths) != 3:
+            raise ValueError(f"widths must have 3 values, got {tuple(widths)}")
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+        )
+        blocks: list[nn.Module] = []
+        cin = widths[0]
+        for i, width in enumerate(widths):
+            blocks.append(BasicBlock(cin, width, 1 if i == 0 else 2))
+            cin = width
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) float → (N, num_classes) logits."""
+        return self.fc(self.pool(self.blocks(self.stem(x))))
+
+
+def mnist_resnet(
+    num_classes: int = 10, in_channels: int = 1, widths: Sequence[int] = (16, 32, 64)
+) -> nn.Module:
+    """A small ResNet (~75 k parameters, 7 BatchNorm layers) for 28 × 28 grayscale input."""
+    return SmallResNet(num_classes, in_channels, widths)
 
 
 # --- EfficientNet-Lite0 -----------------------------------------------------------------------
@@ -160,6 +228,7 @@ def efficientnet_lite0(num_classes: int = 1000) -> nn.Module:
 
 ZOO: dict[str, Callable[..., nn.Module]] = {
     "mnist_cnn": mnist_cnn,
+    "mnist_resnet": mnist_resnet,
     "efficientnet_lite0": efficientnet_lite0,
     "tiny": tiny,
 }

@@ -49,6 +49,8 @@
     var values = [];
     stream.series.forEach(function (p) {
       values.push(p.estimated_accuracy);
+      if (isNumber(p.lower)) values.push(p.lower);
+      if (isNumber(p.upper)) values.push(p.upper);
       Object.keys(p.baselines || {}).forEach(function (m) {
         if (isNumber(p.baselines[m])) values.push(p.baselines[m]);
       });
@@ -153,6 +155,19 @@
       legend.push({ label: BASELINES[method].label, color: BASELINES[method].color, dashed: true });
     });
 
+    // The 90 % prediction interval: a band between lower and upper, where windows have one.
+    var banded = series.filter(function (p) { return isNumber(p.lower) && isNumber(p.upper); });
+    if (banded.length) {
+      var top = banded.map(function (p, k) {
+        return (k ? "L" : "M") + x(p.window_index).toFixed(1) + "," + y(p.upper).toFixed(1);
+      });
+      var bottom = banded.slice().reverse().map(function (p) {
+        return "L" + x(p.window_index).toFixed(1) + "," + y(p.lower).toFixed(1);
+      });
+      svg("path", { class: "interval-band", d: top.concat(bottom).join(" ") + " Z" }, root);
+      legend.push({ label: "90% interval", color: "rgba(37, 99, 235, 0.18)", dashed: false });
+    }
+
     // The estimate: a line and one dot per window.
     svg("path", {
       class: "accuracy-line",
@@ -173,7 +188,10 @@
         "data-value": p.estimated_accuracy,
       }, points);
       svg("title", {}, dot).textContent =
-        "window " + p.window_index + ": " + percent(p.estimated_accuracy) + " (" + p.signal + ")";
+        "window " + p.window_index + ": " + percent(p.estimated_accuracy) +
+        (isNumber(p.lower) ? " [" + percent(p.lower) + ", " + percent(p.upper) + "]" : "") +
+        " (" + p.signal + ")" +
+        (isNumber(p.label_shift) ? ", class-mix shift " + p.label_shift.toFixed(2) : "");
     });
     legend.unshift({ label: "estimated accuracy", color: "#111", dashed: false });
 

@@ -1,0 +1,33 @@
+"""Skewed class-mix subsets and resampling to given proportions."""
+
+import pytest
+import torch
+
+from flipwatch.workers.estimation.class_mix import parse_mix, resample_to, subset_indices
+
+LABELS = torch.arange(1000) % 10  # 100 images per class
+
+
+def test_resampling_gives_each_class_its_share_of_the_size():
+    q = torch.tensor([0.5, 0.3, 0.2] + [0.0] * 7, dtype=torch.float64)
+    index = resample_to(LABELS, q, 200, torch.Generator().manual_seed(0))
+    counts = torch.bincount(LABELS[index], minlength=10)
+    assert counts.tolist() == [100, 60, 40, 0, 0, 0, 0, 0, 0, 0]
+    assert len(set(index.tolist())) == 200  # without replacement while a class has enough
+
+
+def test_three_class_subset_keeps_every_image_of_three_classes():
+    index = subset_indices(LABELS, "three", num_classes=10, seed=3)
+    counts = torch.bincount(LABELS[index], minlength=10)
+    assert sorted(counts.tolist()) == [0] * 7 + [100] * 3
+
+
+def test_dominant_subset_gives_one_class_half_of_the_window():
+    index = subset_indices(LABELS, "dominant:180", num_classes=10, seed=1)
+    counts = torch.bincount(LABELS[index], minlength=10)
+    assert counts.max().item() == 90 and counts.sum().item() == 180
+
+
+def test_unknown_mix_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match="balanced, three, dominant, longtail"):
+        parse_mix("bimodal")

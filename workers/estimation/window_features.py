@@ -1,0 +1,159 @@
+"""What calibration and an estimate measure on a window beside the flips.
+
+- class proportions (MLLS on the source model's probe outputs) and a `label_shift` distance (total
+  variation against the reference set's proportions);
+- the class-mix deltas: the step-0 source-vs-batch-statistics flips of the labeled reference set
+  resampled to the window's estimated proportions, minus those of the reference resampled to its
+  own proportions at the same size. They measure what the mix alone does to the flips, so the
+  `*_adj` signals (flips minus delta) stay put when only the mix changes;
+- COT with the estimated proportions as its label marginal (`cot_adj`);
+- the embedding distances (spec §8): Fréchet distance to the reference features, post-adaptation
+  silhouette and centroid shift.
+
+Calibration computes the same dict on every variant, so candidates can use any of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from flipwatch.workers.estimation.adapt import prepare_adaptation_copy, set_mode
+from flipwatch.workers.estimation.baselines import confidence_optimal_transport
+from flipwatch.workers.estimation.class_mix import resample_to
+from flipwatch.workers.estimation.config import EstimateConfig
+from flipwatch.workers.estimation.embeddings import (
+    FeatureStats,
+    centroid_shift,
+    feature_stats,
+    frechet_distance,
+    kmeans,
+    silhouette_score,
+)
+from flipwatch.workers.estimation.features import ADJUSTED
+from flipwatch.workers.estimation.flips import per_reference_probe, unweighted_flips, weighted_flips
+from flipwatch.workers.estimation.label_shift import mlls, total_variation
+from flipwatch.workers.estimation.spec import ModelSpec
+from flipwatch.workers.estimation.trajectory import Trajectory, deterministic_kernels, predict
+
+__all__ = ["ReferenceSet", "WindowFeatures", "measure_window", "step0_flips"]
+
+
+@dataclass(frozen=True)
+class ReferenceSet:
+    """What window features need from the labeled reference set (all CPU tensors).
+
+    images/labels: a copy of the reference set (uint8 (N, C, H, W), int64 (N,)), or None when the
+    calibration could not keep it (then no class-mix delta); prior: (C,) class proportions.
+    """
+
+    prior: Tensor
+    images: Tensor | None = None
+    labels: Tensor | None = None
+    features: FeatureStats | None = None
+    class_means: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class WindowFeatures:
+    """Scalars for candidates (`values`) and the estimated class proportions (C,)."""
+
+    values: dict[str, float]
+    class_proportions: list[float]
+    label_shift: float
+
+
+@torch.no_grad()
+def step0_flips(
+    model: nn.Module,
+    batch_copy: nn.Module,
+    images: Tensor,
+    spec: ModelSpec,
+    *,
+    device: torch.device,
+    chunk_size: int,
+) -> dict[str, float]:
+    """uf_source and wf_source at step 0 on `images` (no adaptation: two forward passes)."""
+    source = predict(model, images, spec, device=device, chunk_size=chunk_size)
+    set_mode(batch_copy, train=False)
+    batch = predict(batch_copy, images, spec, device=device, chunk_size=chunk_size)
+    n = len(images)
+    return {
+        "uf_source": per_reference_probe(unweighted_flips(source.labels, batch.labels), n),
+        "wf_source": per_reference_probe(
+            weighted_flips(source.labels, batch.labels, source.confidences), n
+        ),
+    }
+
+
+def measure_window(
+    model: nn.Module,
+    trajectory: Trajectory,
+    *,
+    spec: ModelSpec,
+    config: EstimateConfig,
+    device: torch.device,
+    reference: ReferenceSet,
+    batch_copy: nn.Module | None = None,
+) -> WindowFeatures:
+    """Every window feature of module doc, from a trajectory run with `features=True`."""
+    probs = trajectory.source.probs
+    prior = reference.prior.double().cpu()
+    q = torch.from_numpy(mlls(probs.double().numpy(), prior.numpy()))
+    values: dict[str, float] = {"label_shift": total_variation(q.numpy(), prior.numpy())}
+    generator = torch.Generator().manual_seed(config.seed)
+    values["cot_adj"] = confidence_optimal_transport(probs, label_marginal=q, generator=generator)
+    values.update(_embedding(trajectory, reference, num_classes=spec.num_classes, seed=config.seed))
+    if reference.images is not None and reference.labels is not None:
+        model = model.to(device).eval()
+        copy = batch_copy if batch_copy is not None else prepare_adaptation_copy(model)
+        size = trajectory.probe_size
+        with deterministic_kernels():
+            skewed = step0_flips(
+                model,
+                copy,
+                reference.images[
+                    resample_to(reference.labels, q, size, torch.Generator().manual_seed(1))
+                ],
+                spec,
+                device=device,
+                chunk_size=config.chunk_size,
+            )
+            even = step0_flips(
+                model,
+                copy,
+                reference.images[
+                    resample_to(reference.labels, prior, size, torch.Generator().manual_seed(1))
+                ],
+                spec,
+                device=device,
+                chunk_size=config.chunk_size,
+            )
+        for name in ADJUSTED:
+            values[f"mix_delta_{name}"] = skewed[name] - even[name]
+    return WindowFeatures(
+        values=values, class_proportions=[float(v) for v in q], label_shift=values["label_shift"]
+    )
+
+
+def _embedding(
+    trajectory: Trajectory, reference: ReferenceSet, *, num_classes: int, seed: int
+) -> dict[str, float]:
+    out: dict[str, float] = {}
+    source = trajectory.source.features
+    adapted = trajectory.adapted[trajectory.steps].features
+    if reference.features is not None and source is not None and len(source) >= 2:
+        window = feature_stats(source)
+        ref = reference.features
+        out["frechet"] = float(frechet_distance(window.mean, window.cov, ref.mean, ref.cov))
+    if adapted is not None and len(adapted) >= 4:
+        # k-means with one cluster per class needs ~20 points per cluster to mean anything.
+        k = max(2, min(num_classes, len(adapted) // 20))
+        centroids, assignments = kmeans(adapted, k, generator=torch.Generator().manual_seed(seed))
+        if assignments.unique().numel() >= 2:  # collapsed features form a single cluster
+            out["silhouette"] = float(silhouette_score(adapted, assignments))
+        if reference.class_means is not None:
+            out["centroid_shift"] = float(centroid_shift(centroids, reference.class_means))
+    return out
