@@ -27,8 +27,7 @@ from flipwatch.workers.estimation.variants import (
     VariantContext,
     VariantTask,
     calibration_variants,
-    measure_in_processes,
-    measure_variant,
+    measure_variants,
 )
 
 
@@ -91,7 +90,7 @@ def calibrate(
     class-sorted folder would otherwise give single-class probe chunks (offline-data.md).
     `processes` > 1 measures variants in that many single-threaded CPU processes (small models
     barely use a second thread, so on CPU this is the way to use the cores); the points are
-    identical to a sequential run. On CUDA variants always run one after another.
+    identical to a sequential run. On CUDA the fast path groups variants (`measure_variants`).
     """
     device = resolve_device(device)
     if len(images) != len(labels):
@@ -122,10 +121,7 @@ def calibrate(
         for index, (family, severity, mixed) in enumerate(variants)
     ]
     context = VariantContext(model, images, labels, spec, config, device, reference)
-    if processes > 1 and device.type == "cpu":
-        measured = measure_in_processes(context, tasks, processes)
-    else:
-        measured = (measure_variant(context, task) for task in tasks)
+    measured = measure_variants(context, tasks, processes=processes)
     points: list[CalibrationPoint] = []
     for point in measured:
         points.append(point)
