@@ -169,8 +169,9 @@ class TestRunTrajectories:
             (alone,) = run_trajectories(
                 tiny_model, [window], spec=tiny_spec, config=SMALL, device=device, plan=plan
             )
-            torch.testing.assert_close(together.adapted[12].probs, alone.adapted[12].probs,
-                                       atol=1e-4, rtol=0)  # fmt: skip
+            torch.testing.assert_close(
+                together.adapted[12].probs, alone.adapted[12].probs, atol=1e-4, rtol=0
+            )
             assert together.signals["uf_source"] == pytest.approx(
                 alone.signals["uf_source"], abs=1.0
             )

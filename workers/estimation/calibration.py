@@ -23,6 +23,8 @@ from flipwatch.workers.estimation.spec import ModelSpec
 from flipwatch.workers.estimation.trajectory import Progress, predict, resolve_device
 from flipwatch.workers.estimation.variants import (
     CLEAN,
+    DEFAULT_MIXES,
+    DEFAULT_SEVERITIES,
     CalibrationPoint,
     VariantContext,
     VariantTask,
@@ -80,9 +82,10 @@ def calibrate(
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
     families: Sequence[str] | None = None,
-    severities: Sequence[int] = (1, 2, 3, 4, 5),
+    severities: Sequence[int] = DEFAULT_SEVERITIES,
     log: Callable[[str], None] | None = None,
     processes: int = 1,
+    mixes: bool = DEFAULT_MIXES,
 ) -> Calibration:
     """Fit this model's calibration from a labeled reference set, uint8 (N, C, H, W) + (N,) labels.
 
@@ -115,7 +118,7 @@ def calibrate(
             ]
         )
 
-    variants = calibration_variants(families, severities)
+    variants = calibration_variants(families, severities, mixes=mixes)
     tasks = [
         VariantTask(family, severity, mixed, seed=config.seed + index)
         for index, (family, severity, mixed) in enumerate(variants)

@@ -140,8 +140,9 @@ class GroupedBatchNorm2d(nn.Module):
         c, o = self.num_features, self.offset
         groups = flat.shape[0]
         if groups == 1:
-            return F.batch_norm(x, None, None, flat[0, o : o + c], flat[0, o + c : o + 2 * c],
-                                True, 0.0, self.eps)  # fmt: skip
+            return F.batch_norm(
+                x, None, None, flat[0, o : o + c], flat[0, o + c : o + 2 * c], True, 0.0, self.eps
+            )
         if x.shape[0] % groups:
             raise ValueError(f"batch of {x.shape[0]} does not split into {groups} groups")
         parts = x.chunk(groups)
@@ -156,7 +157,7 @@ class GroupedBatchNorm2d(nn.Module):
                     True,
                     0.0,
                     self.eps,
-                )  # fmt: skip
+                )
                 for v, part in enumerate(parts)
             ]
         )
@@ -677,8 +678,14 @@ class _Pool:
         num_classes: int,
         config: EstimateConfig,
     ) -> contextlib.AbstractContextManager:
-        settings = (config.lr, config.momentum, config.entropy_factor, config.epsilon, config.ema,
-                    config.reset_interval)  # fmt: skip
+        settings = (
+            config.lr,
+            config.momentum,
+            config.entropy_factor,
+            config.epsilon,
+            config.ema,
+            config.reset_interval,
+        )
         key = ("rdumb", groups, plan, num_classes, settings)
 
         def build() -> GroupedRDumb:

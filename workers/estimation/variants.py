@@ -63,16 +63,28 @@ class CalibrationPoint:
         )
 
 
+# The default suite: every family at severities 2 and 4, no mixes, plus clean (35 variants for
+# the 17 families). Measured on the demo model against the former default (severities 1-5 and a
+# mix per family, 103 variants): held-out error 2.46 vs 3.97 points on the 7 demo sets, error
+# over all 103 variants 2.76 vs 3.06, at a third of the cost (README, Performance).
+DEFAULT_SEVERITIES = (2, 4)
+DEFAULT_MIXES = False
+
+
 def calibration_variants(
-    families: Sequence[str] | None = None, severities: Sequence[int] = (1, 2, 3, 4, 5)
+    families: Sequence[str] | None = None,
+    severities: Sequence[int] = DEFAULT_SEVERITIES,
+    *,
+    mixes: bool = DEFAULT_MIXES,
 ) -> list[tuple[str, int, bool]]:
-    """(family, severity, mixed) for every variant: clean, each family × severity, and per family
-    a half-corrupted mix at the top severity (a moderate shift, as production drift often is)."""
+    """(family, severity, mixed) for every variant: clean, each family × severity, and with
+    `mixes` per family a half-corrupted mix at the top severity (a moderate shift)."""
     families = list(CORRUPTIONS) if families is None else list(families)
     variants: list[tuple[str, int, bool]] = [(CLEAN, 0, False)]
     for family in families:
         variants.extend((family, severity, False) for severity in severities)
-        variants.append((family, max(severities), True))
+        if mixes:
+            variants.append((family, max(severities), True))
     return variants
 
 
