@@ -117,6 +117,12 @@ def test_variants_are_clean_plus_each_family_by_severity_plus_a_mix_on_request()
     assert len(calibration_variants(severities=(1, 2, 3, 4, 5), mixes=True)) == 1 + 17 * 6
 
 
+def test_a_suite_too_small_to_score_is_refused_naming_the_fix():
+    with pytest.raises(ValueError, match="2 variants cannot be scored: ask for two severities"):
+        calibration_variants(["contrast"], (3,))
+    assert len(calibration_variants(["contrast"], (3,), mixes=True)) == 3
+
+
 def test_default_suite_is_every_family_at_severities_two_and_four_without_mixes():
     variants = calibration_variants()
     assert len(variants) == 1 + 17 * 2

@@ -78,13 +78,22 @@ def calibration_variants(
     mixes: bool = DEFAULT_MIXES,
 ) -> list[tuple[str, int, bool]]:
     """(family, severity, mixed) for every variant: clean, each family × severity, and with
-    `mixes` per family a half-corrupted mix at the top severity (a moderate shift)."""
+    `mixes` per family a half-corrupted mix at the top severity (a moderate shift).
+
+    Raises ValueError below 3 variants: leave-one-family-out scoring needs a family left out
+    with at least two points remaining.
+    """
     families = list(CORRUPTIONS) if families is None else list(families)
     variants: list[tuple[str, int, bool]] = [(CLEAN, 0, False)]
     for family in families:
         variants.extend((family, severity, False) for severity in severities)
         if mixes:
             variants.append((family, max(severities), True))
+    if len(variants) < 3:
+        raise ValueError(
+            f"a calibration suite of {len(variants)} variants cannot be scored: ask for two "
+            "severities, two families or mixes (at least 3 variants with the clean one)"
+        )
     return variants
 
 
