@@ -19,7 +19,8 @@ each part measured on `--measure-steps` steps and one 100-image probe chunk ×10
 says so (`method`). ResNet-50 on CPU needs the composed form (~10 s per plain step on 2 cores).
 
     python benchmarks/estimate_speed.py [--device cpu|cuda]
-        [--model resnet50|efficientnet_lite0|demo] [--steps 250,1000] [--measure-steps 4] [--rounds 2] [--threads N] [--end-to-end]
+        [--model resnet50|efficientnet_lite0|demo] [--steps 250,1000]
+        [--measure-steps 4] [--rounds 2] [--threads N] [--end-to-end]
 """
 
 from __future__ import annotations
