@@ -1,9 +1,21 @@
-"""Calibration wall time on CPU: variants measured sequentially vs in parallel processes.
+"""Calibration wall time: the default suite of the demo model, one way after another.
 
-Demo model, its 1000-image labeled reference split, a few corruption families. Prints one JSON
-object with seconds per run, the speed-up, and whether both runs measured identical points.
+Modes (each a full `calibrate` of the demo model on its 1000-image labeled reference split, 250
+steps, the default suite unless `--families`/`--severities` say otherwise):
 
-    python benchmarks/calibration_speed.py [--families contrast,fog,pixelate] [--steps 250]
+- `plain`: the plain reference loop, variants one after another (the old default);
+- `plain-processes`: the plain loop in `--processes` single-threaded processes (the old demo);
+- `fast`: the fast path, variants one after another, one process;
+- `fast-processes`: the fast path in `--processes` single-threaded processes (the CLI default on
+  CPU: one per core);
+- `fast-grouped`: the fast path with `--group` variants per grouped computation (the CUDA way),
+  timed on the variant measurements of `variants.measure_variants` plus the fit.
+
+Prints ONE JSON object: seconds per mode, variants, speed-ups against `plain`, the selected fit
+and its held-out (leave-one-family-out) error per mode, load average, hardware and versions.
+
+    python benchmarks/calibration_speed.py [--modes plain,fast,fast-processes,fast-grouped]
+        [--device cpu|cuda] [--processes N] [--group 4] [--families a,b] [--severities 2,4]
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,45 +35,113 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._env import environment  # noqa: E402
 from flipwatch.demos.data import demo_splits, ensure_demo_model  # noqa: E402
 from flipwatch.workers.estimation import EstimateConfig, calibrate, load_model  # noqa: E402
+from flipwatch.workers.estimation.baselines import BaselineReference  # noqa: E402
+from flipwatch.workers.estimation.calibration import fit_points  # noqa: E402
+from flipwatch.workers.estimation.calibration_result import fit_rank  # noqa: E402
+from flipwatch.workers.estimation.trajectory import predict, resolve_device  # noqa: E402
+from flipwatch.workers.estimation.variants import (  # noqa: E402
+    DEFAULT_SEVERITIES,
+    VariantContext,
+    VariantTask,
+    calibration_variants,
+    measure_variants,
+)
+
+
+def grouped(model, images, labels, *, spec, config, device, families, severities, group):
+    """`calibrate`'s variant measurements with `group` variants per grouped computation."""
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(config.seed))
+    images, labels = images[order], labels[order]
+    clean = predict(model, images, spec, device=device, chunk_size=256)
+    reference = BaselineReference.from_labeled(clean.probs, labels)
+    tasks = [
+        VariantTask(f, s, m, seed=config.seed + i)
+        for i, (f, s, m) in enumerate(calibration_variants(families, severities))
+    ]
+    context = VariantContext(model, images, labels, spec, config, device, reference)
+    points = list(measure_variants(context, tasks, group=group))
+    return min(fit_points(points), key=fit_rank), len(points)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--families", default="gaussian_noise,contrast,fog")
-    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--modes", default="plain,plain-processes,fast,fast-processes,fast-grouped")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--group", type=int, default=4)
+    parser.add_argument("--families", help="comma-separated (default: all 17)")
+    parser.add_argument("--severities", default=",".join(map(str, DEFAULT_SEVERITIES)))
+    parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--cache-dir", type=Path, default=Path(".flipwatch/demo"))
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # the demo CNN: one thread per process is fastest (measured)
     spec, _ = ensure_demo_model(args.cache_dir, log=lambda s: print(s, file=sys.stderr))
     model = load_model(spec)
     ref = demo_splits(0).reference
-    kwargs = {
-        "spec": spec,
-        "config": EstimateConfig(steps=args.steps),
-        "device": "cpu",
-        "families": args.families.split(","),
-    }
-    runs = {}
-    results = {}
-    for processes in (1, args.processes):
+    families = args.families.split(",") if args.families else None
+    severities = [int(s) for s in args.severities.split(",")]
+    config = EstimateConfig(steps=args.steps)
+    load_before = os.getloadavg()
+    runs: dict[str, dict[str, object]] = {}
+    for mode in args.modes.split(","):
+        cfg = replace(config, fast=not mode.startswith("plain"))
         started = time.perf_counter()
-        results[processes] = calibrate(model, ref.images, ref.labels, processes=processes, **kwargs)
-        runs[processes] = round(time.perf_counter() - started, 2)
-    one, many = results[1], results[args.processes]
+        if mode == "fast-grouped":
+            selected, variants = grouped(
+                model, ref.images, ref.labels, spec=spec, config=cfg, device=device,
+                families=families, severities=severities, group=args.group,
+            )  # fmt: skip
+        else:
+            calibration = calibrate(
+                model,
+                ref.images,
+                ref.labels,
+                spec=spec,
+                config=cfg,
+                device=device,
+                families=families,
+                severities=severities,
+                processes=args.processes if mode.endswith("-processes") else 1,
+            )
+            selected = calibration.fit(calibration.selected)
+            variants = len(calibration.points)
+        seconds = time.perf_counter() - started
+        runs[mode] = {
+            "seconds": round(seconds, 2),
+            "variants": variants,
+            "seconds_per_variant": round(seconds / variants, 3),
+            "selected": selected.key,
+            "selected_lofo_mae_points": round(100 * (selected.mae or 0.0), 2),
+            "load_average_after": os.getloadavg(),
+        }
+        print(f"{mode}: {seconds:.1f} s", file=sys.stderr)
+    base = runs.get("plain", {}).get("seconds")
     print(
         json.dumps(
             {
                 "benchmark": "calibration_speed",
                 "model": spec.name,
-                "variants": len(one.points),
+                "device": str(device),
+                "suite": {
+                    "families": families or "all 17",
+                    "severities": severities,
+                    "mixes": False,
+                },
                 "steps": args.steps,
-                "seconds": {f"processes={p}": s for p, s in runs.items()},
-                "speedup": round(runs[1] / runs[args.processes], 2),
-                "identical_points": one.points == many.points,
-                "environment": environment(),
+                "processes": args.processes,
+                "group": args.group,
+                "runs": runs,
+                "speedup_vs_plain": {
+                    mode: round(base / run["seconds"], 2)  # type: ignore[operator]
+                    for mode, run in runs.items()
+                    if base
+                },
+                "load_average_before": load_before,
+                "environment": environment(device),
             }
         )
     )

@@ -61,7 +61,8 @@ class RedisDispatcher:
 
 
 class InProcessWorker:
-    """Embedded mode's worker: one thread runs jobs one at a time from an in-memory queue.
+    """Embedded mode's worker: `jobs_per_device` threads (default 1) run jobs from an in-memory
+    queue.
 
     The queue holds only ids; the database stays the truth. On start every job left queued or
     running by a previous run is queued again, and a transient failure is retried after a
@@ -91,11 +92,13 @@ class InProcessWorker:
             worker_name=name or worker_name("embedded"),
             heartbeat_interval=heartbeat_interval,
             calibration_suite=calibration_suite,
+            prefetcher=jobs.WindowPrefetcher() if settings.prefetch_windows else None,
         )
+        self.threads = settings.jobs_per_device
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
         self._queue: queue.Queue[uuid.UUID | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
         self._timers: set[threading.Timer] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -106,13 +109,17 @@ class InProcessWorker:
             self._queue.put(uuid.UUID(str(job_id)))
 
     def start(self) -> None:
-        """Requeue what a previous run left behind, then start the job thread."""
-        if self._thread is not None:
+        """Requeue what a previous run left behind, then start the job threads."""
+        if self._workers:
             return
         for job_id in jobs.requeue_interrupted_jobs(self.runtime.session_factory):
             self._queue.put(job_id)
-        self._thread = threading.Thread(target=self._loop, name="flipwatch-worker", daemon=True)
-        self._thread.start()
+        for index in range(self.threads):
+            thread = threading.Thread(
+                target=self._loop, name=f"flipwatch-worker-{index}", daemon=True
+            )
+            thread.start()
+            self._workers.append(thread)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop taking jobs; a running job finishes if it can within `timeout`.
@@ -124,10 +131,14 @@ class InProcessWorker:
             for timer in self._timers:
                 timer.cancel()
             self._timers.clear()
-        self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        for _ in self._workers:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._workers:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._workers = []
+        if self.runtime.prefetcher is not None:
+            self.runtime.prefetcher.close()
 
     def wait_idle(self, timeout: float) -> bool:
         """True once the queue is empty and no job runs (tests and the demo use it)."""

@@ -1,6 +1,9 @@
 """The worker process: a Dramatiq worker inside our own process, plus a reconciler and metrics.
 
-One worker thread per process: one job at a time per device (run one process per GPU). Beside it
+`jobs_per_device` worker threads per process (default 1; run one process per GPU): on a GPU several
+streams' jobs share the device, each admitted when the memory its model needed last time is free
+(jobs.DeviceSlots), and while an estimate adapts the next queued window is decoded
+(jobs.WindowPrefetcher). Beside them
 a reconciler thread requeues running jobs whose heartbeat went stale (their worker died) and
 re-sends queued jobs whose messages were lost, and a Prometheus endpoint serves the worker's own
 metrics (flipwatch_worker_*, flipwatch_estimate_*) from a dedicated registry.
@@ -37,6 +40,8 @@ DEFAULT_METRICS_PORT = 9191
 RECONCILE_INTERVAL_S = 30.0
 STOP_TIMEOUT_MS = 30_000  # the running job is interrupted (notify_shutdown) and requeued
 DURATION_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+RATE_BUCKETS = (10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000)
+MEMORY_BUCKETS = tuple(2**i for i in range(26, 38))  # 64 MiB .. 128 GiB
 
 
 class WorkerMetrics:
@@ -61,22 +66,45 @@ class WorkerMetrics:
             "Peak CUDA memory allocated during the last job (CUDA devices only).",
             registry=self.registry,
         )
+        self.job_images_per_second = Histogram(
+            "flipwatch_job_images_per_second",
+            "Per job: adapted images (steps x batch, x variants for a calibration) per second.",
+            ["kind"],
+            buckets=RATE_BUCKETS,
+            registry=self.registry,
+        )
+        self.job_peak_memory = Histogram(
+            "flipwatch_job_peak_memory_bytes",
+            "Per job: peak device memory (CUDA allocator; process resident peak on CPU). With "
+            "overlapping jobs on one device it is the device's peak, an upper bound.",
+            ["kind", "device"],
+            buckets=MEMORY_BUCKETS,
+            registry=self.registry,
+        )
         self.up.set(1)
 
     def job_started(self, kind: str, device: str) -> None:
-        if device.startswith("cuda"):
-            import torch
-
-            torch.cuda.reset_peak_memory_stats(device)
+        pass  # peaks are tracked per job by jobs.DeviceSlots (a reset here would hit others)
 
     def estimate_finished(self, *, seconds: float, images: int, device: str) -> None:
         self.estimate_duration.observe(seconds)
         if seconds > 0:
             self.images_per_second.set(images / seconds)
-        if device.startswith("cuda"):
-            import torch
 
-            self.cuda_peak_memory.set(torch.cuda.max_memory_allocated(device))
+    def job_finished(
+        self,
+        kind: str,
+        *,
+        seconds: float,
+        adapted_images: int,
+        peak_memory_bytes: int,
+        device: str,
+    ) -> None:
+        if seconds > 0:
+            self.job_images_per_second.labels(kind).observe(adapted_images / seconds)
+        self.job_peak_memory.labels(kind, device.split(":")[0]).observe(peak_memory_bytes)
+        if device.startswith("cuda"):
+            self.cuda_peak_memory.set(peak_memory_bytes)
 
 
 class Reconciler:
@@ -154,9 +182,13 @@ class WorkerProcess:
             metrics=self.metrics,
             heartbeat_interval=self.heartbeat_interval,
             calibration_suite=self.calibration_suite,
+            prefetcher=jobs.WindowPrefetcher() if self.settings.prefetch_windows else None,
         )
+        self.runtime = runtime
         declare_actors(self.broker, runtime)
-        self.worker = dramatiq.Worker(self.broker, queues={QUEUE_NAME}, worker_threads=1)
+        self.worker = dramatiq.Worker(
+            self.broker, queues={QUEUE_NAME}, worker_threads=self.settings.jobs_per_device
+        )
         self.worker.start()
         self.reconciler = Reconciler(
             runtime.session_factory,
@@ -184,6 +216,8 @@ class WorkerProcess:
         self.metrics.up.set(0)
         self.reconciler.stop()
         self.worker.stop(timeout=STOP_TIMEOUT_MS)
+        if self.runtime.prefetcher is not None:
+            self.runtime.prefetcher.close()
         self.broker.close()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,10 +41,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cal.add_argument("--out", type=Path, required=True, help="where to write the calibration JSON")
     cal.add_argument("--families", help="comma-separated corruption families (default: all)")
     cal.add_argument(
+        "--severities", help="comma-separated severities 1..5 (default: 2,4, the measured suite)"
+    )
+    cal.add_argument(
+        "--mixes", action="store_true", help="add a half-corrupted mix per family (off by default)"
+    )
+    cal.add_argument(
         "--processes",
         type=int,
-        default=1,
-        help="CPU: measure variants in N single-threaded processes (e.g. the number of cores)",
+        help="CPU: measure variants in N single-threaded processes (default: one per core)",
     )
     cal.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     cal.set_defaults(handler=run_calibrate)
@@ -60,6 +66,11 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="torch CPU threads (default: one per core; 1 is faster for small models or busy CPUs)",
     )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="run the plain reference loop instead of the fast path (slower; for comparison)",
+    )
 
 
 def _config(args: argparse.Namespace) -> EstimateConfig:
@@ -72,7 +83,11 @@ def _config(args: argparse.Namespace) -> EstimateConfig:
         torch.set_num_threads(args.threads)
     checkpoints = tuple(sorted({c for c in DEFAULT_CHECKPOINTS if c <= args.steps} | {args.steps}))
     return EstimateConfig(
-        steps=args.steps, probe_size=args.probe_size, seed=args.seed, checkpoints=checkpoints
+        steps=args.steps,
+        probe_size=args.probe_size,
+        seed=args.seed,
+        checkpoints=checkpoints,
+        fast=not args.plain,
     )
 
 
@@ -88,8 +103,7 @@ def progress_bar(description: str, unit: str) -> Iterator[Callable[[int, int], N
 
     def update(done: int, total: int) -> None:
         bar.total = total
-        bar.n = done
-        bar.refresh()
+        bar.update(done - bar.n)  # through update(), so tqdm's rate and ETA follow
 
     try:
         yield update
@@ -158,13 +172,31 @@ def run_estimate(args: argparse.Namespace) -> int:
 
 @guard
 def run_calibrate(args: argparse.Namespace) -> int:
-    from flipwatch.workers.estimation import calibrate, load_labeled_folder, load_model, read_spec
+    from flipwatch.workers.estimation import (
+        calibrate,
+        load_labeled_folder,
+        load_model,
+        read_spec,
+        resolve_device,
+    )
 
+    families = [f.strip() for f in args.families.split(",")] if args.families else None
+    suite: dict[str, object] = {"mixes": args.mixes}
+    if args.severities:
+        try:
+            suite["severities"] = [int(s) for s in args.severities.split(",") if s.strip()]
+        except ValueError:
+            raise CommandError(
+                f"--severities must be integers 1..5, got {args.severities!r}"
+            ) from None
+    processes = args.processes
+    if processes is None:
+        on_cpu = resolve_device(args.device).type == "cpu"
+        processes = (os.cpu_count() or 1) if on_cpu else 1
     config = _config(args)
     spec = read_spec(args.model)
     model = load_model(spec)
     images, labels, _classes = load_labeled_folder(args.labeled, spec)
-    families = [f.strip() for f in args.families.split(",")] if args.families else None
     with progress_bar("calibrating", "variant") as progress:
         calibration = calibrate(
             model,
@@ -175,7 +207,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
             device=args.device,
             progress=progress,
             families=families,
-            processes=args.processes,
+            processes=processes,
+            **suite,  # type: ignore[arg-type]
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(calibration.to_dict()))

@@ -38,6 +38,23 @@ class Settings(BaseSettings):
         description="CPU threads for the estimator (default: torch's, one per core). Small "
         "models or shared CPUs run much faster with 1 (OpenMP oversubscription).",
     )
+    fast_path: bool = Field(
+        default=True,
+        description="The estimator's fast path (grouped BN, on-device steps, per-device plan); "
+        "false runs the plain reference loop (like `flipwatch estimate --plain`).",
+    )
+    jobs_per_device: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Jobs a worker runs at once on its device (threads). On a GPU, several "
+        "streams share it; a job waits while the device lacks the memory its model needed last "
+        "time.",
+    )
+    prefetch_windows: bool = Field(
+        default=True,
+        description="While one estimate adapts, decode the window of the next queued estimate.",
+    )
 
     # Ingest limits (per file, per batch, decompression-bomb guard).
     max_file_bytes: int = Field(default=10 * MiB, ge=1)
@@ -53,12 +70,15 @@ class Settings(BaseSettings):
     default_window_size: int = Field(default=1000, ge=64)
     default_steps: int = Field(default=250, ge=1)
 
-    # Calibration suite: corruption families (unset: all 17) x severities, plus a mix per family.
-    # A full suite is ~100 trajectories; a CPU-only deployment may want fewer families.
+    # Calibration suite: corruption families (unset: all 17) x severities (default 2 and 4, the
+    # measured default suite: 35 trajectories), optionally plus a half-corrupted mix per family.
     calibration_families: list[str] | None = Field(
         default=None, description='JSON list, e.g. ["gaussian_noise","contrast","fog"]'
     )
-    calibration_severities: list[int] = Field(default=[1, 2, 3, 4, 5], min_length=1)
+    calibration_severities: list[int] = Field(default=[2, 4], min_length=1)
+    calibration_mixes: bool = Field(
+        default=False, description="Add a half-corrupted mix per family to the suite."
+    )
     calibration_processes: int = Field(
         default=1,
         ge=1,

@@ -26,6 +26,24 @@ class JobProgress(BaseModel):
     steps_done: int
     steps_total: int
     fraction: float
+    unit: Literal["step", "variant"] = Field(
+        description="What steps count: adaptation steps (estimate) or variants (calibrate)."
+    )
+    eta_seconds: float | None = Field(
+        default=None,
+        description="Remaining seconds at the rate so far, as of heartbeat_at (running jobs).",
+    )
+
+
+def eta_seconds(job: Job) -> float | None:
+    """(heartbeat_at − started_at) · (1 − f) / f for a running job with progress f > 0."""
+    fraction = progress_fraction(job)
+    if job.state != "running" or fraction <= 0 or job.started_at is None:
+        return None
+    if job.heartbeat_at is None:
+        return None
+    elapsed = (job.heartbeat_at - job.started_at).total_seconds()
+    return round(max(0.0, elapsed) * (1 - fraction) / fraction, 1)
 
 
 class JobRead(BaseModel):
@@ -67,6 +85,8 @@ class JobRead(BaseModel):
                 steps_done=job.steps_done,
                 steps_total=job.steps_total or 0,
                 fraction=progress_fraction(job),
+                unit="variant" if job.kind == "calibrate" else "step",
+                eta_seconds=eta_seconds(job),
             ),
             stream_id=job.stream_id,
             model_id=job.model_id,

@@ -33,6 +33,8 @@ WORKER_METRICS: tuple[str, ...] = (
     "flipwatch_estimate_images_per_second",
     "flipwatch_worker_cuda_peak_memory_bytes",
     "flipwatch_worker_up",
+    "flipwatch_job_images_per_second",  # histogram {kind}: adapted images/s per job
+    "flipwatch_job_peak_memory_bytes",  # histogram {kind, device}: peak memory per job
 )
 EXPORTED_METRICS: frozenset[str] = frozenset(STREAM_METRICS + API_METRICS + WORKER_METRICS)
 

@@ -182,6 +182,11 @@ def test_calibrate_writes_a_calibration_that_estimate_reads(
             "100",
             "--families",
             "contrast,gaussian_noise",
+            "--severities",
+            "1,2,3,4,5",
+            "--mixes",
+            "--processes",
+            "1",
             "--json",
         ]
     )
@@ -211,3 +216,24 @@ def test_a_folder_larger_than_a_trajectory_needs_is_sampled_not_loaded_whole(
     )
     assert code == 0
     assert json.loads(capsys.readouterr().out)["num_images"] == 128
+
+
+def test_calibrate_refuses_severities_that_are_not_numbers(spec_file, tmp_path, capsys):
+    code = main(
+        ["calibrate", "--model", str(spec_file), "--labeled", str(tmp_path), "--out",
+         str(tmp_path / "c.json"), "--severities", "mild"]
+    )  # fmt: skip
+    assert code == 2
+    assert "--severities must be integers 1..5, got 'mild'" in capsys.readouterr().err
+
+
+def test_plain_flag_runs_the_reference_loop_with_the_same_estimate(
+    spec_file, calibration_file, image_dir, capsys
+):
+    options = ("--steps", "4", "--probe-size", "100", "--json")
+    assert estimate_cli(spec_file, calibration_file, image_dir, *options) == 0
+    fast = json.loads(capsys.readouterr().out)
+    assert estimate_cli(spec_file, calibration_file, image_dir, *options, "--plain") == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert fast["estimated_accuracy"] == pytest.approx(plain["estimated_accuracy"], abs=0.01)
+    assert fast["signals"]["uf_source"] == plain["signals"]["uf_source"]

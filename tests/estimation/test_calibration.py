@@ -87,13 +87,42 @@ class TestCalibrate:
             )
 
 
+def test_variants_are_clean_plus_each_family_by_severity_plus_a_mix_on_request():
+    variants = calibration_variants(["contrast", "fog"], (1, 3), mixes=True)
+    assert variants == [
+        ("clean", 0, False),
+        ("contrast", 1, False),
+        ("contrast", 3, False),
+        ("contrast", 3, True),
+        ("fog", 1, False),
+        ("fog", 3, False),
+        ("fog", 3, True),
+    ]
+    assert len(calibration_variants(severities=(1, 2, 3, 4, 5), mixes=True)) == 1 + 17 * 6
+
+
+def test_a_suite_too_small_to_score_is_refused_naming_the_fix():
+    with pytest.raises(ValueError, match="2 variants cannot be scored: ask for two severities"):
+        calibration_variants(["contrast"], (3,))
+    assert len(calibration_variants(["contrast"], (3,), mixes=True)) == 3
+
+
+def test_default_suite_is_every_family_at_severities_two_and_four_without_mixes():
+    variants = calibration_variants()
+    assert len(variants) == 1 + 17 * 2
+    assert {severity for _, severity, _ in variants[1:]} == {2, 4}
+    assert not any(mixed for _, _, mixed in variants)
+
+
 @pytest.mark.slow
 def test_parallel_processes_measure_exactly_what_a_sequential_run_does(
     tiny_model, tiny_spec, tiny_images
 ):
     labels = torch.arange(len(tiny_images)) % 10
     config = EstimateConfig(steps=4, checkpoints=(0, 4), probe_size=200, epsilon=1.0)
-    kwargs = dict(spec=tiny_spec, config=config, families=["contrast", "fog"], severities=(2,))
+    kwargs = dict(
+        spec=tiny_spec, config=config, families=["contrast", "fog"], severities=(2,), mixes=True
+    )
     sequential = calibrate(tiny_model, tiny_images, labels, **kwargs)
     parallel = calibrate(tiny_model, tiny_images, labels, processes=2, **kwargs)
     assert len(parallel.points) == 1 + 2 * 2 + 3 + 2 + 3  # + class mixes and spread subsets

@@ -518,6 +518,9 @@ class TestFailures:
             def estimate_finished(self, **_: Any) -> None:
                 pass
 
+            def job_finished(self, kind: str, **_: Any) -> None:
+                pass
+
         outcome = run(session_factory, worker_settings, job_id, cache, metrics=ReapMidRun())
 
         assert outcome is jobs.JobOutcome.LOST
@@ -572,7 +575,9 @@ def test_calibrate_job_stores_a_calibration_that_estimates_use(
         session_factory,
         worker_settings,
         job_id,
-        calibration_suite=jobs.CalibrationSuite(families=("gaussian_noise",), severities=(2, 4)),
+        calibration_suite=jobs.CalibrationSuite(
+            families=("gaussian_noise",), severities=(2, 4), mixes=True
+        ),
     )
 
     assert outcome is jobs.JobOutcome.SUCCEEDED
@@ -608,7 +613,7 @@ def test_calibrate_job_follows_the_requests_own_suite_and_steps(
         session_factory,
         tiny_weights,
         tmp_path / "ref",
-        {"steps": 6, "families": ["contrast"], "severities": [3]},
+        {"steps": 6, "families": ["contrast"], "severities": [3, 5]},
     )
 
     assert run(session_factory, worker_settings, job_id) is jobs.JobOutcome.SUCCEEDED
@@ -617,7 +622,7 @@ def test_calibrate_job_follows_the_requests_own_suite_and_steps(
         result = session.get(Calibration, calibration_id).result  # type: ignore[union-attr]
     assert result["steps"] == 6
     variants = [(p["family"], p["severity"], p["mixed"]) for p in result["points"]]
-    assert variants == [("clean", 0, False), ("contrast", 3, False), ("contrast", 3, True)]
+    assert variants == [("clean", 0, False), ("contrast", 3, False), ("contrast", 5, False)]
 
 
 def test_calibrate_job_with_a_bad_reference_folder_fails_both_rows(

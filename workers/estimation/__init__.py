@@ -19,6 +19,7 @@ _PUBLIC = {
     "estimate": "estimate",
     "ImageError": "images",
     "decode_image": "images",
+    "decode_images": "images",
     "load_image_folder": "images",
     "load_labeled_folder": "images",
     "ModelLoadError": "loading",
@@ -41,6 +42,7 @@ __all__ = [
     "builtin_calibration",
     "calibrate",
     "decode_image",
+    "decode_images",
     "estimate",
     "load_image_folder",
     "load_labeled_folder",
@@ -61,6 +63,7 @@ if TYPE_CHECKING:
     from flipwatch.workers.estimation.images import (
         ImageError,
         decode_image,
+        decode_images,
         load_image_folder,
         load_labeled_folder,
     )

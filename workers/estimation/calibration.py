@@ -41,12 +41,13 @@ from flipwatch.workers.estimation.spec import ModelSpec
 from flipwatch.workers.estimation.trajectory import Progress, Trajectory, predict, resolve_device
 from flipwatch.workers.estimation.variants import (
     CLEAN,
+    DEFAULT_MIXES,
+    DEFAULT_SEVERITIES,
     CalibrationPoint,
     VariantContext,
     VariantTask,
     calibration_variants,
-    measure_in_processes,
-    measure_variant,
+    measure_variants,
 )
 from flipwatch.workers.estimation.window_features import ReferenceSet, measure_window
 
@@ -198,10 +199,7 @@ def _measure(
 ) -> Iterator[CalibrationPoint]:
     """Points in task order; with `cache`, measured points are read back instead of re-run."""
     todo = [t for t in tasks if cache is None or not (cache / _task_file(t, setting)).exists()]
-    if processes > 1 and context.device.type == "cpu" and len(todo) > 1:
-        fresh = measure_in_processes(context, todo, processes)
-    else:
-        fresh = (measure_variant(context, t) for t in todo)
+    fresh = measure_variants(context, todo, processes=processes)
     pending = iter(todo)
     for task in tasks:
         path = None if cache is None else cache / _task_file(task, setting)
@@ -391,11 +389,11 @@ def calibrate(
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
     families: Sequence[str] | None = None,
-    severities: Sequence[int] = (1, 2, 3, 4, 5),
+    severities: Sequence[int] = DEFAULT_SEVERITIES,
     log: Callable[[str], None] | None = None,
     processes: int = 1,
     settings: Sequence[TrajectorySetting] = DEFAULT_SETTINGS,
-    mixes: bool = True,
+    mixes: bool = DEFAULT_MIXES,
     cache: Path | None = None,
 ) -> Calibration:
     """Fit this model's calibration from a labeled reference set, uint8 (N, C, H, W) + (N,) labels.
@@ -403,7 +401,8 @@ def calibrate(
     `progress(done, total)` counts measured trajectories. The reference set is shuffled with the
     seed first: a class-sorted folder would otherwise give single-class probe chunks
     (offline-data.md). `processes` > 1 measures variants in that many single-threaded CPU
-    processes; the points are identical to a sequential run. `settings` are the extra trajectory
+    processes; the points are identical to a sequential run. On CUDA the fast path groups
+    variants (`measure_variants`). `settings` are the extra trajectory
     settings measured beside the default; `cache` (a folder) keeps measured points between runs.
     """
     device = resolve_device(device)

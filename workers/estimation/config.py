@@ -41,6 +41,9 @@ class EstimateConfig:
     reset_interval: int = 1000
     seed: int = 0
     min_images: int = 64
+    # The fast path (fastpath.py: grouped BN, masked on-device steps, a per-device plan) where
+    # the model allows it; False forces the plain reference loop (`--plain`).
+    fast: bool = True
 
     def __post_init__(self) -> None:
         if self.steps < 1:

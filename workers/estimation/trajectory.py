@@ -56,6 +56,7 @@ class Trajectory:
     adapted: dict[int, Predictions]
     signals: dict[str, dict[int, float]]
     used_fraction: float
+    path: str = "plain"  # "plain", or the fast plan that ran it (e.g. "cpu channels_last fp32")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -148,7 +149,23 @@ def run_trajectory(
 
     The probe is a seeded uniform random subset of the window (the reference code's choice): a
     class-blocked window would otherwise give single-class BN chunks (offline-data.md).
+    With `config.fast` (the default) the fast path runs it where the model allows
+    (`fastpath.fast_path_blocker`); `fast=False` runs the plain reference loop below.
     """
+    if config.fast:
+        from flipwatch.workers.estimation import fastpath
+
+        if fastpath.fast_path_blocker(model) is None:
+            (trajectory,) = fastpath.run_trajectories(
+                model,
+                [images],
+                spec=spec,
+                config=config,
+                device=device,
+                progress=progress,
+                features=features,
+            )
+            return trajectory
     if len(images) < config.min_images:
         raise ValueError(
             f"{len(images)} images are too few: an estimate needs at least {config.min_images} "

@@ -24,6 +24,8 @@ The modules:
 - `estimate`:  the estimate job (commit point finish: the estimate row)
 - `calibrate`: the calibrate job and `CalibrationSuite` (commit point finish: the calibration)
 - `reaper`:    stale and lost jobs (commit point reconcile)
+- `prefetch`:  `WindowPrefetcher`: the next queued window decoded while this one adapts
+- `resources`: `DeviceSlots`: concurrent jobs on one device, admitted by memory; per-job peaks
 - `runner`:    `run_job` (claim, work by kind, finish), `JobRuntime` and `run_with`
 
 Callers import this package (`from workers import jobs`), not its modules.
@@ -43,6 +45,7 @@ from flipwatch.workers.jobs.lifecycle import (
     touch_heartbeat,
     write_progress,
 )
+from flipwatch.workers.jobs.prefetch import WindowPrefetcher
 from flipwatch.workers.jobs.reaper import (
     LOST_AFTER_S,
     STALE_AFTER_S,
@@ -51,6 +54,7 @@ from flipwatch.workers.jobs.reaper import (
     requeue_interrupted_jobs,
     requeue_stale_jobs,
 )
+from flipwatch.workers.jobs.resources import DeviceSlots, JobUsage
 from flipwatch.workers.jobs.runner import JobRuntime, run_job, run_with
 
 __all__ = [
@@ -59,12 +63,15 @@ __all__ = [
     "STALE_AFTER_S",
     "CalibrationSuite",
     "Claim",
+    "DeviceSlots",
     "JobMetrics",
     "JobOutcome",
     "JobRuntime",
+    "JobUsage",
     "ProgressWriter",
     "SessionFactory",
     "TransientJobError",
+    "WindowPrefetcher",
     "claim_job",
     "heartbeat",
     "queued_job_ids",

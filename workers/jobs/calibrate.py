@@ -7,6 +7,7 @@ commit point `finish` (`finish_calibrate`).
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from flipwatch.workers.jobs.lifecycle import (
     mark_succeeded,
 )
 from flipwatch.workers.jobs.model import load_job_model, spec_and_key
+from flipwatch.workers.jobs.resources import DeviceSlots
 from flipwatch.workers.model_cache import ModelCache
 
 log = logging.getLogger(__name__)
@@ -32,14 +34,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CalibrationSuite:
-    """Which shifted variants a calibrate job measures: families x severities (+ a mix each).
+    """Which shifted variants a calibrate job measures: families x severities (+ a mix each with
+    `mixes`).
 
-    The default (None) is the estimator's full suite: 17 families x 5 severities, about a hundred
+    The default is the estimator's default suite: all 17 families x severities 2 and 4, 35
     trajectories. Tests and small CPU deployments pass a few families to finish in seconds.
     """
 
     families: tuple[str, ...] | None = None
-    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    severities: tuple[int, ...] = (2, 4)
+    mixes: bool = False
 
 
 def suite_for(
@@ -50,10 +54,12 @@ def suite_for(
     base = default or CalibrationSuite(
         families=None if families is None else tuple(families),
         severities=tuple(settings.calibration_severities),
+        mixes=settings.calibration_mixes,
     )
     return CalibrationSuite(
         families=tuple(options["families"]) if options.get("families") else base.families,
         severities=tuple(options["severities"]) if options.get("severities") else base.severities,
+        mixes=base.mixes,
     )
 
 
@@ -64,6 +70,8 @@ def run_calibrate(
     model_cache: ModelCache,
     metrics: JobMetrics | None,
     suite: CalibrationSuite | None,
+    *,
+    slots: DeviceSlots | None = None,
 ) -> JobOutcome:
     from flipwatch.workers.estimation import EstimateConfig, calibrate, load_labeled_folder
 
@@ -91,18 +99,33 @@ def run_calibrate(
         settings=settings,
         metrics=metrics,
     )
-    fitted = calibrate(
-        model,
-        images,
-        labels,
-        spec=spec,
-        config=EstimateConfig(steps=int(options.get("steps") or settings.default_steps)),
-        device=device,
-        progress=ProgressWriter(session_factory, claim),
-        families=suite.families,
-        severities=suite.severities,
-        processes=settings.calibration_processes,
+    config = EstimateConfig(
+        steps=int(options.get("steps") or settings.default_steps), fast=settings.fast_path
     )
+    with (slots or DeviceSlots()).job(str(device), model_key) as usage:
+        started = time.perf_counter()
+        fitted = calibrate(
+            model,
+            images,
+            labels,
+            spec=spec,
+            config=config,
+            device=device,
+            progress=ProgressWriter(session_factory, claim),  # in variants
+            families=suite.families,
+            severities=suite.severities,
+            processes=settings.calibration_processes,
+            mixes=suite.mixes,
+        )
+        seconds = time.perf_counter() - started
+    if metrics is not None:
+        metrics.job_finished(
+            "calibrate",
+            seconds=seconds,
+            adapted_images=len(fitted.points) * config.steps * config.batch_size,
+            peak_memory_bytes=usage.peak_memory_bytes,
+            device=str(device),
+        )
     return finish_calibrate(session_factory, claim, calibration_id, fitted)
 
 

@@ -11,8 +11,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -31,12 +30,9 @@ from flipwatch.workers.jobs.lifecycle import (
     mark_succeeded,
 )
 from flipwatch.workers.jobs.model import load_job_model, spec_and_key
+from flipwatch.workers.jobs.prefetch import WindowPrefetcher, decode_window, window_key
+from flipwatch.workers.jobs.resources import DeviceSlots
 from flipwatch.workers.model_cache import ModelCache
-
-if TYPE_CHECKING:
-    from torch import Tensor
-
-    from flipwatch.workers.estimation.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +54,9 @@ def run_estimate(
     claim: Claim,
     model_cache: ModelCache,
     metrics: JobMetrics | None,
+    *,
+    prefetcher: WindowPrefetcher | None = None,
+    slots: DeviceSlots | None = None,
 ) -> JobOutcome:
     from flipwatch.workers.estimation import (
         Calibration as EstimatorCalibration,
@@ -106,7 +105,6 @@ def run_estimate(
         )
     if not inputs.image_paths:
         raise UserError(f"window {inputs.window_index} of stream {inputs.stream_id} has no images")
-    images = _decode_window(inputs.image_paths, spec)
     model, device = load_job_model(
         "estimate",
         spec,
@@ -115,34 +113,44 @@ def run_estimate(
         settings=settings,
         metrics=metrics,
     )
-    progress = ProgressWriter(session_factory, claim)
-    started = time.perf_counter()
-    result = estimate(
-        model,
-        images,
-        spec=spec,
-        calibration=calibration,
-        config=EstimateConfig(steps=inputs.steps),
-        device=device,
-        progress=progress,
-    )
-    seconds = time.perf_counter() - started
+    key = window_key(claim.job_id, inputs.image_paths, spec)
+    images = prefetcher.take(key) if prefetcher is not None else None
+    if images is None:
+        images = decode_window(inputs.image_paths, spec, device=str(device))
+    if prefetcher is not None and settings.prefetch_windows:
+        prefetcher.prefetch_next(session_factory, claim.job_id)
+    config = EstimateConfig(steps=inputs.steps, fast=settings.fast_path)
+    with (slots or DeviceSlots()).job(str(device), model_key) as usage:
+        started = time.perf_counter()
+        result = estimate(
+            model,
+            images,
+            spec=spec,
+            calibration=calibration,
+            config=config,
+            device=device,
+            progress=ProgressWriter(session_factory, claim),
+        )
+        seconds = time.perf_counter() - started
     if metrics is not None:
         metrics.estimate_finished(seconds=seconds, images=len(images), device=str(device))
+        metrics.job_finished(
+            "estimate",
+            seconds=seconds,
+            adapted_images=config.steps * config.batch_size,
+            peak_memory_bytes=usage.peak_memory_bytes,
+            device=str(device),
+        )
+    log.info(
+        "job %s: %d steps in %.1f s (%.0f adapted images/s), peak memory %.0f MB%s",
+        claim.job_id,
+        config.steps,
+        seconds,
+        config.steps * config.batch_size / max(seconds, 1e-9),
+        usage.peak_memory_bytes / 2**20,
+        " (shared device)" if usage.shared else "",
+    )
     return finish_estimate(session_factory, claim, inputs, result, image_count=len(images))
-
-
-def _decode_window(paths: list[tuple[str, str | None]], spec: ModelSpec) -> Tensor:
-    """Stored files -> uint8 (N, C, H, W) at the model's input size, in stream order."""
-    import torch
-
-    from flipwatch.workers.estimation import decode_image
-
-    tensors = [
-        decode_image(Path(path).read_bytes(), spec, name=filename or Path(path).name)
-        for path, filename in paths
-    ]
-    return torch.stack(tensors)
 
 
 def finish_estimate(

@@ -53,6 +53,18 @@ class JobMetrics(Protocol):
 
     def estimate_finished(self, *, seconds: float, images: int, device: str) -> None: ...
 
+    def job_finished(
+        self,
+        kind: str,
+        *,
+        seconds: float,
+        adapted_images: int,
+        peak_memory_bytes: int,
+        device: str,
+    ) -> None:
+        """Per job: adaptation images per second and peak memory (resources.JobUsage)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Claim:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flipwatch.service.core.settings import Settings
 from flipwatch.workers.jobs.calibrate import CalibrationSuite, run_calibrate
@@ -28,6 +28,8 @@ from flipwatch.workers.jobs.lifecycle import (
     claim_job,
     heartbeat,
 )
+from flipwatch.workers.jobs.prefetch import WindowPrefetcher
+from flipwatch.workers.jobs.resources import DeviceSlots
 from flipwatch.workers.model_cache import ModelCache
 
 log = logging.getLogger(__name__)
@@ -43,13 +45,16 @@ def run_job(
     metrics: JobMetrics | None = None,
     heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
     calibration_suite: CalibrationSuite | None = None,
+    prefetcher: WindowPrefetcher | None = None,
+    slots: DeviceSlots | None = None,
 ) -> JobOutcome:
     """Run one job to its end: claim, work, finish. Safe to call again for the same id.
 
     Returns the outcome; raises TransientJobError when the job went back to `queued` for a retry.
     User errors (no calibration, bad images, a model that does not load, too few images) fail the
     job at once with the estimator's message. `calibration_suite` limits the corruption suite
-    of calibrate jobs (default: every family at every severity).
+    of calibrate jobs (default: the estimator's default suite). `prefetcher` decodes the next
+    window while this one adapts; `slots` admits concurrent jobs on one device by memory.
     """
     job_id = uuid.UUID(str(job_id))
     claim = claim_job(session_factory, job_id, worker=worker_name)
@@ -58,10 +63,24 @@ def run_job(
     try:
         with heartbeat(session_factory, claim, interval=heartbeat_interval):
             if claim.kind == "estimate":
-                return run_estimate(session_factory, settings, claim, model_cache, metrics)
+                return run_estimate(
+                    session_factory,
+                    settings,
+                    claim,
+                    model_cache,
+                    metrics,
+                    prefetcher=prefetcher,
+                    slots=slots,
+                )
             if claim.kind == "calibrate":
                 return run_calibrate(
-                    session_factory, settings, claim, model_cache, metrics, calibration_suite
+                    session_factory,
+                    settings,
+                    claim,
+                    model_cache,
+                    metrics,
+                    calibration_suite,
+                    slots=slots,
                 )
             # The CHECK constraint makes this unreachable; fail loudly rather than retry.
             raise UserError(f"unknown job kind {claim.kind!r}")
@@ -90,6 +109,8 @@ class JobRuntime:
     metrics: JobMetrics | None = None
     heartbeat_interval: float = HEARTBEAT_INTERVAL_S
     calibration_suite: CalibrationSuite | None = None
+    prefetcher: WindowPrefetcher | None = None
+    slots: DeviceSlots = field(default_factory=DeviceSlots)
 
 
 def run_with(runtime: JobRuntime, job_id: uuid.UUID | str) -> JobOutcome:
@@ -103,4 +124,6 @@ def run_with(runtime: JobRuntime, job_id: uuid.UUID | str) -> JobOutcome:
         metrics=runtime.metrics,
         heartbeat_interval=runtime.heartbeat_interval,
         calibration_suite=runtime.calibration_suite,
+        prefetcher=runtime.prefetcher,
+        slots=runtime.slots,
     )
