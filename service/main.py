@@ -34,7 +34,7 @@ from flipwatch.service.core.auth import ensure_api_key
 from flipwatch.service.core.db import make_engine, make_sessionmaker
 from flipwatch.service.core.dispatch import JobDispatcher, NullDispatcher
 from flipwatch.service.core.settings import Settings
-from flipwatch.service.metrics.http import ApiMetrics, MetricsMiddleware
+from flipwatch.service.metrics.http import ApiMetrics, MetricsMiddleware, serve_metrics
 from flipwatch.service.model.service import ModelCheck
 from flipwatch.service.status.service import STATUS_FILES
 
@@ -85,9 +85,17 @@ def create_app(
             deliverer = WebhookDeliverer(lambda: app.state.sessionmaker, settings)
             deliverer.start()
         app.state.webhook_deliverer = deliverer
+        metrics_server = None
+        if settings.metrics_port is not None:
+            metrics_server = serve_metrics(
+                app.state.metrics.registry, host=settings.metrics_host, port=settings.metrics_port
+            )
         try:
             yield
         finally:
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
             if deliverer is not None:
                 deliverer.stop()
             if engine is not None:
@@ -111,9 +119,10 @@ def create_app(
     app.state.metrics = ApiMetrics(lambda: app.state.sessionmaker)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     register_problem_handlers(app)
+    # With FLIPWATCH_METRICS_PORT, /metrics is served only on that (internal) port.
     for module in (
         health,
-        metrics,
+        *((metrics,) if settings.metrics_port is None else ()),
         status_page,
         models,
         calibrations,

@@ -98,6 +98,7 @@ def test_passed_through_settings_keep_flipwatch_defaults_when_unset():
         "FLIPWATCH_DATA_DIR",
         "FLIPWATCH_ENVIRONMENT",
         "FLIPWATCH_DEVICE",
+        "FLIPWATCH_METRICS_PORT",
     }
     for name in setting_variables():
         if name not in compose_set:
@@ -155,6 +156,15 @@ def test_prometheus_has_no_lifecycle_api_and_listens_on_loopback():
     assert not any("--web.enable-admin-api" in line for line in flags)
     assert prometheus["ports"] == ["${PROMETHEUS_BIND:-127.0.0.1}:${PROMETHEUS_PORT:-9090}:9090"]
     assert "--web.config.file" in text
+
+
+def test_api_metrics_are_on_an_internal_port_prometheus_scrapes():
+    api = services()["api"]
+    assert api["environment"]["FLIPWATCH_METRICS_PORT"] == "9100"
+    assert all(not port.endswith(":9100") for port in api["ports"])
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "flipwatch-api"]
+    assert job["static_configs"][0]["targets"] == ["api:9100"]
 
 
 def test_grafana_needs_a_login_by_default():

@@ -345,7 +345,7 @@ def test_prometheus_scrapes_api_and_worker(prom_rules):
         job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
         for job in config["scrape_configs"]
     }
-    assert jobs["flipwatch-api"] == ["api:8000"]
+    assert jobs["flipwatch-api"] == ["api:9100"]  # FLIPWATCH_METRICS_PORT in compose
     assert jobs["flipwatch-worker"] == ["worker:9191"]
     assert "rules/*.yml" in config["rule_files"]
 

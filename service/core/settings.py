@@ -85,6 +85,19 @@ class Settings(BaseSettings):
         "false in prod (then a read key is needed: ?key=, cookie or bearer header).",
     )
 
+    # Prometheus metrics of the API process.
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Serve the API's /metrics on this port only (an internal port Prometheus "
+        "scrapes over a private network) instead of on the public API port; unset: on the API "
+        "port, without a key.",
+    )
+    metrics_host: str = Field(
+        default="0.0.0.0", description="Address the metrics_port server listens on."
+    )
+
     # Alert webhooks (service/alert/webhooks.py): an outbox delivered by an API process thread.
     webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     webhook_max_attempts: int = Field(default=8, ge=1, le=100)
