@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
 
 from flipwatch.service.alert.webhooks import WebhookDeliverer
+from flipwatch.service.api.docs import add_offline_docs
 from flipwatch.service.api.problems import register_problem_handlers
 from flipwatch.service.api.routes import (
     alerts,
@@ -107,6 +108,9 @@ def create_app(
         summary="Label-free accuracy estimates for deployed image classifiers (Weighted Flips).",
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
+        # FastAPI's own pages load Swagger UI and ReDoc from a CDN; add_offline_docs serves them.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.sessionmaker = session_factory
@@ -133,6 +137,7 @@ def create_app(
         alerts,
     ):
         app.include_router(module.router)
+    add_offline_docs(app)
     # The status page's script and styles, from the installed package.
     app.mount("/static", StaticFiles(directory=str(STATUS_FILES / "static")), name="static")
     return app
