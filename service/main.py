@@ -26,6 +26,7 @@ from flipwatch.service.api.routes import (
     estimates,
     health,
     jobs,
+    labels,
     metrics,
     models,
     status_page,
@@ -120,7 +121,9 @@ def create_app(
     app.state.broker_check = broker_check
     app.state.model_check = model_check
     app.state.webhook_deliverer = None
-    app.state.metrics = ApiMetrics(lambda: app.state.sessionmaker)
+    app.state.metrics = ApiMetrics(
+        lambda: app.state.sessionmaker, error_windows=settings.estimator_error_windows
+    )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     register_problem_handlers(app)
     # With FLIPWATCH_METRICS_PORT, /metrics is served only on that (internal) port.
@@ -135,6 +138,7 @@ def create_app(
         estimates,
         jobs,
         alerts,
+        labels,
     ):
         app.include_router(module.router)
     add_offline_docs(app)

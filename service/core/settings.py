@@ -85,6 +85,19 @@ class Settings(BaseSettings):
         "false in prod (then a read key is needed: ?key=, cookie or bearer header).",
     )
 
+    # Realized accuracy from labels posted later (POST /v1/streams/{id}/labels).
+    realized_min_labels: int = Field(
+        default=50,
+        ge=1,
+        description="Labeled images a window needs before its realized accuracy is computed.",
+    )
+    estimator_error_windows: int = Field(
+        default=10,
+        ge=1,
+        description="The estimator's running error on a stream: mean |estimated - realized| "
+        "over this many most recent windows with a realized accuracy.",
+    )
+
     # Prometheus metrics of the API process.
     metrics_port: int | None = Field(
         default=None,

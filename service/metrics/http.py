@@ -27,7 +27,12 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTI
 class ApiMetrics:
     """One app's registry: HTTP counters and histograms, plus the database collector."""
 
-    def __init__(self, get_sessionmaker: Callable[[], sessionmaker[Session] | None]) -> None:
+    def __init__(
+        self,
+        get_sessionmaker: Callable[[], sessionmaker[Session] | None],
+        *,
+        error_windows: int = 10,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "flipwatch_http_requests",
@@ -42,7 +47,7 @@ class ApiMetrics:
             buckets=HTTP_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(DatabaseCollector(get_sessionmaker))
+        self.registry.register(DatabaseCollector(get_sessionmaker, error_windows=error_windows))
 
     def observe(self, *, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()

@@ -183,7 +183,7 @@ def test_labels_are_names_never_ids(session, scrape):
 
     samples = scrape()
 
-    allowed = {*STREAM_LABELS, "method", "kind", "rule", "state", "route", "status", "le"}
+    allowed = {*STREAM_LABELS, "method", "kind", "rule", "state", "route", "status", "le", "signal"}
     for name, found in samples.items():
         for labels, _ in found:
             assert set(labels) <= allowed, (name, labels)
