@@ -5,11 +5,13 @@ Production shape: the API under uvicorn on Postgres, job ids through Redis to a 
 deploy/prometheus/entrypoint.sh (basic auth, no lifecycle API) with 1 s scrape and evaluation
 intervals. A stream with an accuracy floor rule (K=1) gets a Gaussian-noise window: the
 project's FlipwatchDriftAlertFiring fires in Prometheus's /api/v1/alerts. Then a clean window: the
-alert is resolved (gone from the active alerts).
+alert is resolved (gone from the active alerts). Then labels for the clean window: its realized
+accuracy reaches the API and Prometheus.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
@@ -29,7 +31,7 @@ from sqlalchemy import Engine
 
 from flipwatch.cli.startup import build_server, free_port
 from flipwatch.demos.data import DemoSplits
-from flipwatch.demos.http import FlipwatchClient
+from flipwatch.demos.http import FlipwatchClient, png_bytes
 from flipwatch.service.core.auth import create_api_key
 from flipwatch.workers.estimation.spec import ModelSpec
 from flipwatch.workers.estimation.variants import make_variant
@@ -259,7 +261,10 @@ def test_drift_alert_fires_on_shifted_windows_and_resolves_on_clean_ones(
         assert firing["labels"]["severity"] == "warning"
         assert firing["labels"]["model"] == model["name"]
         # The accuracy alert waits its `for: 15m`: pending, not firing.
-        (low,) = prometheus.alerts("FlipwatchEstimatedAccuracyLow", name)
+        (low,) = wait_for(
+            "FlipwatchEstimatedAccuracyLow pending",
+            lambda: prometheus.alerts("FlipwatchEstimatedAccuracyLow", name),
+        )
         assert low["state"] == "pending"
         assert float(low["value"]) == pytest.approx(shifted_estimate["estimated_accuracy"])
 
@@ -275,6 +280,31 @@ def test_drift_alert_fires_on_shifted_windows_and_resolves_on_clean_ones(
         )
         resolved_in = time.monotonic() - started
         assert not prometheus.alerts("FlipwatchEstimatedAccuracyLow", name)
+
+        # Labels arrive later for the clean window (by content hash): the worker stored the
+        # model's prediction per image, so the realized accuracy is the model's true accuracy.
+        true = splits.heldout.labels[:E2E_WINDOW].tolist()
+        body = {
+            "labels": [
+                {"sha256": hashlib.sha256(png_bytes(image)).hexdigest(), "label": int(label)}
+                for image, label in zip(clean, true, strict=True)
+            ]
+        }
+        labeled = client._call("POST", f"/v1/streams/{stream['id']}/labels", json=body)
+        (window,) = labeled["windows"]
+        assert window["window_index"] == 1 and window["labeled_count"] == E2E_WINDOW
+        realized = window["realized_accuracy"]
+        assert 0.85 <= realized <= 1.0  # the demo CNN on clean MNIST digits
+        assert window["estimator_error"] == pytest.approx(
+            clean_estimate["estimated_accuracy"] - realized
+        )
+        series = wait_for(
+            "flipwatch_realized_accuracy_ratio in Prometheus",
+            lambda: prometheus.get(
+                "/api/v1/query", query=f'flipwatch_realized_accuracy_ratio{{stream="{name}"}}'
+            )["result"],
+        )
+        assert float(series[0]["value"][1]) == pytest.approx(realized)
 
     # The recording rules evaluate on the same data.
     gap = prometheus.get(
