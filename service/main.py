@@ -35,7 +35,9 @@ from flipwatch.service.api.routes import (
 from flipwatch.service.core.auth import ensure_api_key
 from flipwatch.service.core.db import make_engine, make_sessionmaker
 from flipwatch.service.core.dispatch import JobDispatcher, NullDispatcher
+from flipwatch.service.core.logging import RequestIdMiddleware
 from flipwatch.service.core.settings import Settings
+from flipwatch.service.core.tracing import instrument_app, instrument_engine
 from flipwatch.service.metrics.http import ApiMetrics, MetricsMiddleware, serve_metrics
 from flipwatch.service.model.service import ModelCheck
 from flipwatch.service.status.service import STATUS_FILES
@@ -74,6 +76,7 @@ def create_app(
         engine = None
         if app.state.sessionmaker is None:
             engine = make_engine(settings)
+            instrument_engine(engine)
             app.state.sessionmaker = make_sessionmaker(engine)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         if settings.bootstrap_admin_key:
@@ -125,6 +128,8 @@ def create_app(
         lambda: app.state.sessionmaker, error_windows=settings.estimator_error_windows
     )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    # Outermost: the request id is bound before anything else runs or logs.
+    app.add_middleware(RequestIdMiddleware)
     register_problem_handlers(app)
     # With FLIPWATCH_METRICS_PORT, /metrics is served only on that (internal) port.
     for module in (
@@ -142,6 +147,7 @@ def create_app(
     ):
         app.include_router(module.router)
     add_offline_docs(app)
+    instrument_app(app)  # a no-op unless FLIPWATCH_OTEL_ENDPOINT configured tracing
     # The status page's script and styles, from the installed package.
     app.mount("/static", StaticFiles(directory=str(STATUS_FILES / "static")), name="static")
     return app

@@ -98,6 +98,18 @@ class Settings(BaseSettings):
         "over this many most recent windows with a realized accuracy.",
     )
 
+    # Logs: one JSON object per line (json) or key=value lines for a terminal (console).
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Optional OpenTelemetry tracing (the `otel` extra): off unless an endpoint is set.
+    otel_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces URL (e.g. http://otel-collector:4318/v1/traces); unset: "
+        "no tracing.",
+    )
+    otel_service_name: str = Field(default="flipwatch", description="service.name of the spans.")
+
     # Prometheus metrics of the API process.
     metrics_port: int | None = Field(
         default=None,

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flipwatch.service.core.errors import JobNotFound
+from flipwatch.service.core.logging import current_request_id
 from flipwatch.service.core.tables import Calibration, Estimate, Job, Model, Stream
 
 DEFAULT_MAX_ATTEMPTS = 3
@@ -56,6 +57,7 @@ def _add_queued_job(
         max_attempts=DEFAULT_MAX_ATTEMPTS,
         steps_done=0,
         steps_total=steps_total,
+        request_id=current_request_id(),  # the API call that caused it (X-Request-ID)
         **target,
     )
     session.add(job)
