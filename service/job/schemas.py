@@ -23,9 +23,11 @@ class JobLink(BaseModel):
 
 
 class JobProgress(BaseModel):
-    steps_done: int
-    steps_total: int
-    fraction: float
+    """Estimate jobs count adaptation steps; calibrate jobs count shifted variants measured."""
+
+    steps_done: int = Field(description="Estimate: adaptation steps; calibrate: variants done.")
+    steps_total: int = Field(description="Estimate: steps of the window; calibrate: variants.")
+    fraction: float = Field(description="steps_done / steps_total, 0 to 1.")
 
 
 class JobRead(BaseModel):

@@ -32,16 +32,23 @@ def create_estimate_job(session: Session, *, stream: Stream, window_index: int) 
 
 
 def create_calibration_job(
-    session: Session, *, model: Model, calibration: Calibration, steps: int
+    session: Session, *, model: Model, calibration: Calibration, variants: int
 ) -> Job:
-    """Queue a calibration run; `steps_total` is a first guess the worker may correct."""
+    """Queue a calibration run. Its progress counts shifted variants measured, from creation to
+    the end (one unit: the worker reports variants done of the suite's total)."""
     return _add_queued_job(
         session,
         kind="calibrate",
         model_id=model.id,
-        steps_total=steps,
+        steps_total=variants,
         calibration_id=calibration.id,
     )
+
+
+def variant_count(families: int, severities: int) -> int:
+    """Variants of a calibration suite: the clean set, each family at each severity, and a mix
+    per family (workers/estimation/variants.py `calibration_variants`)."""
+    return 1 + families * (severities + 1)
 
 
 def _add_queued_job(
