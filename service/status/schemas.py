@@ -19,6 +19,13 @@ class StatusPoint(BaseModel):
     signal: str
     baselines: dict[str, float | None]
     created_at: datetime
+    realized_accuracy: float | None = Field(
+        default=None, description="Accuracy on labels posted later, once enough arrived."
+    )
+    labeled_count: int = 0
+    signal_value: float | None = None
+    calibration_mae: float | None = None
+    used_fraction: float | None = None
 
 
 class StatusAlertMarker(BaseModel):

@@ -3,6 +3,8 @@ The chart itself is drawn by a browser in tests/e2e/test_status_page.py."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from sqlalchemy import select
 
@@ -124,3 +126,40 @@ class TestAccess:
         bad = private.get("/?key=fw_000000000000_nope", follow_redirects=False)
         assert bad.status_code == 401
         assert "set-cookie" not in bad.headers
+
+
+class TestStreamPage:
+    def test_lists_every_window_newest_first_with_realized_accuracy(self, client, session):
+        stream = make_stream(session, name="cam-hist")
+        for w, acc in enumerate((0.91, 0.72, 0.88)):
+            make_estimate(session, stream=stream, window_index=w, estimated_accuracy=acc)
+        labeled = session.scalar(
+            select(Estimate).where(Estimate.stream_id == stream.id, Estimate.window_index == 1)
+        )
+        labeled.realized_accuracy, labeled.labeled_count = 0.75, 120
+
+        response = client.get(f"/streams/{stream.id}")
+
+        assert response.status_code == 200
+        page = response.text
+        rows = re.findall(r'<tr data-window="(\d+)">(.*?)</tr>', page)
+        assert [int(w) for w, _ in rows] == [2, 1, 0]
+        cells = dict((int(w), re.findall(r"<td>(.*?)</td>", r)) for w, r in rows)
+        assert cells[1][2:6] == ["72.0%", "75.0%", "120", "-3.0 pts"]
+        assert cells[0][3] == "-"  # no labels: no realized accuracy
+        assert f'data-stream-id="{stream.id}"' in page  # the chart's figure
+        assert "/static/status.js" in page
+
+    def test_main_page_links_each_stream_to_its_page(self, client, session):
+        stream = make_stream(session, name="linked")
+        make_estimate(session, stream=stream, window_index=0)
+        assert f'<a href="/streams/{stream.id}">linked</a>' in client.get("/").text
+
+    def test_unknown_stream_is_404(self, client):
+        assert client.get("/streams/00000000-0000-0000-0000-000000000000").status_code == 404
+
+    def test_needs_a_read_key_in_prod(self, private, session):
+        stream = make_stream(session)
+        response = private.get(f"/streams/{stream.id}")
+        assert response.status_code == 401
+        assert "read API key" in response.text
