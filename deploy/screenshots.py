@@ -45,8 +45,42 @@ def accuracy_at(window: int) -> float:
     return round(0.95 - dip + 0.01 * math.sin(window * 1.7), 4)
 
 
-def seed(settings: Settings) -> list[str]:
-    """Rows as the API and worker would leave them; returns the stream ids."""
+def calibration_result() -> dict:
+    """A calibration document shaped like Calibration.to_dict(): candidates (signal@step) with
+    held-out errors, the selected map and the shifted variants it was fitted on."""
+    fits = []
+    for signal, base in (("uf_source", 0.021), ("wf_source", 0.026), ("uf", 0.034), ("wf", 0.048)):
+        for step, extra in ((50, 0.012), (100, 0.006), (250, 0.0), (500, 0.003)):
+            fits.append(
+                {
+                    "signal": signal,
+                    "step": step,
+                    "map": {"a": 1.1e-6, "b": -0.00105, "c": 0.955, "x_min": 0.0, "x_max": 460.0},
+                    "mae": round(base + extra, 4),
+                    "train_mae": round(base + extra - 0.004, 4),
+                }
+            )
+    points = [{"family": "clean", "severity": 0, "mixed": False, "accuracy": 0.951,
+               "signals": {"uf_source": {"250": 4.0}}, "baselines": {}}]  # fmt: skip
+    families = ("gaussian_noise", "contrast", "fog", "jpeg", "pixelate", "motion_blur")
+    for k, family in enumerate(families):
+        for severity in range(1, 6):
+            x = (40 + 18 * k) * severity + 7 * math.sin(k + severity)
+            acc = 0.955 - 0.00105 * x + 1.1e-6 * x * x + 0.02 * math.sin(3 * k + severity)
+            points.append({"family": family, "severity": severity, "mixed": False,
+                           "accuracy": round(acc, 4), "signals": {"uf_source": {"250": x}},
+                           "baselines": {}})  # fmt: skip
+    return {
+        "version": 1,
+        "selected": "uf_source@250",
+        "fits": fits,
+        "points": points,
+        "baseline_mae": {"ac": 0.071, "doc": 0.064, "atc": 0.052, "cot": 0.058},
+    }
+
+
+def seed(settings: Settings) -> tuple[list[str], str]:
+    """Rows as the API and worker would leave them; returns the stream ids and the model id."""
     factory = make_sessionmaker(make_engine(settings))
     with factory() as session:
         model = Model(
@@ -65,7 +99,7 @@ def seed(settings: Settings) -> list[str]:
                 reference_path="/nonexistent",
                 reference_images=1000,
                 reference_classes=[str(i) for i in range(10)],
-                result={"selected": "uf_source@250"},
+                result=calibration_result(),
                 reference_accuracy=0.95,
             )
         )
@@ -145,7 +179,7 @@ def seed(settings: Settings) -> list[str]:
                 session.flush()
                 evaluate_alerts(session, estimate)
         session.commit()
-    return ids
+        return ids, str(model.id)
 
 
 def screenshot(url: str, path: Path, *, height: int) -> None:
@@ -193,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         configure_logging("warning", "console")
         upgrade_database(settings)
-        stream_ids = seed(settings)
+        stream_ids, model_id = seed(settings)
         port = free_port()
         server = uvicorn.Server(
             uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
@@ -207,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             shots = {
                 "status-page.png": (base + "/", 1250),
                 "status-stream.png": (f"{base}/streams/{stream_ids[0]}", 1300),
+                "status-calibration.png": (f"{base}/models/{model_id}/calibration", 1150),
             }
             for name, (url, height) in shots.items():
                 screenshot(url, args.out / name, height=height)

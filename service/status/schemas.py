@@ -46,6 +46,7 @@ class StatusStream(BaseModel):
     id: uuid.UUID
     name: str
     model: str
+    model_id: uuid.UUID | None = None
     model_version: int
     images_total: int
     window: WindowFill

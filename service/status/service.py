@@ -110,6 +110,7 @@ def _stream_status(
         id=stream.id,
         name=stream.name,
         model=model.name if model else "",
+        model_id=stream.model_id,
         model_version=model.version if model else 0,
         images_total=stream.images_total,
         window=WindowFill(

@@ -15,6 +15,7 @@ from tests.conftest import bearer
 from tests.factories import (
     estimate_result,
     make_alert_rule,
+    make_calibration,
     make_estimate,
     make_job,
     make_model,
@@ -163,3 +164,44 @@ class TestStreamPage:
         response = private.get(f"/streams/{stream.id}")
         assert response.status_code == 401
         assert "read API key" in response.text
+
+
+class TestCalibrationPage:
+    def test_draws_the_fitted_curve_with_variants_and_ranks_every_candidate(self, client, session):
+        model = make_model(session, name="cal-page", calibrated=False)
+        quadratic = {"a": 0.0, "b": -0.001, "c": 0.95, "x_min": 0.0, "x_max": 300.0}
+        result = {
+            "selected": "uf@250",
+            "fits": [
+                {"signal": "wf", "step": 250, "map": quadratic, "mae": 0.05, "train_mae": 0.04},
+                {"signal": "uf", "step": 250, "map": quadratic, "mae": 0.02, "train_mae": 0.01},
+            ],
+            "points": [
+                {"family": "clean", "severity": 0, "mixed": False, "accuracy": 0.95,
+                 "signals": {"uf": {"250": 0.0}}},
+                {"family": "fog", "severity": 3, "mixed": False, "accuracy": 0.75,
+                 "signals": {"uf": {"250": 200.0}}},
+            ],
+            "baseline_mae": {"ac": 0.08},
+        }  # fmt: skip
+        make_calibration(session, model=model, state="succeeded", result=result)
+
+        page = client.get(f"/models/{model.id}/calibration").text
+
+        assert 'data-selected="uf@250"' in page and 'class="fit-curve"' in page
+        variants = re.findall(
+            r'class="variant"[^>]*data-x="([\d.]+)" data-accuracy="([\d.]+)"', page
+        )
+        assert variants == [("0", "0.95"), ("200", "0.75")]
+        candidates = re.findall(r'data-candidate="([^"]+)"><td>[^<]+</td><td>([^<]+)</td>', page)
+        assert candidates == [("uf@250", "2.00%"), ("wf@250", "5.00%")]  # best first
+        assert '<tr class="selected" data-candidate="uf@250">' in page
+        assert 'data-baseline="ac"' in page
+
+    def test_map_value_follows_the_estimators_rule(self):
+        from flipwatch.service.status.calibration_page import map_value
+        from flipwatch.workers.estimation.flips import QuadraticMap
+
+        m = QuadraticMap(a=1e-5, b=-0.004, c=0.97, x_min=10.0, x_max=150.0)
+        for x in (0.0, 10.0, 80.0, 150.0, 400.0):
+            assert map_value(m.to_dict(), x) == pytest.approx(m(x))

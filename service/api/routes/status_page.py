@@ -19,10 +19,13 @@ from fastapi import APIRouter, Depends, Form, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.orm import Session
 
-from flipwatch.service.api.deps import SessionDep, SettingsDep, StreamID
+from flipwatch.service.api.deps import ModelID, SessionDep, SettingsDep, StreamID
 from flipwatch.service.api.problems import problem_responses
+from flipwatch.service.calibration.service import latest_calibration
 from flipwatch.service.core.auth import READ_ROLES, authenticate, check_role
 from flipwatch.service.core.errors import NotAuthenticated, PermissionDenied
+from flipwatch.service.model.service import get_model
+from flipwatch.service.status.calibration_page import render_calibration
 from flipwatch.service.status.schemas import StatusPoint, StatusRead, StatusStream
 from flipwatch.service.status.service import (
     STATUS_FILES,
@@ -118,6 +121,33 @@ def read_stream_page(
         return _html('<p class="empty">This stream is not on the status page.</p>', status_code=404)
     history = [status_point(e) for e in stream_history(session, stream_id, limit=HISTORY_WINDOWS)]
     return _html(render_stream_page(stream, history))
+
+
+@router.get("/models/{model_id}/calibration", response_class=HTMLResponse, include_in_schema=False)
+def read_calibration_page(
+    request: Request, session: SessionDep, settings: SettingsDep, model_id: ModelID
+) -> Response:
+    """A model's latest succeeded calibration: the fitted curve with its variants, and every
+    candidate signal's held-out error."""
+    try:
+        check_status_access(request, session, public=settings.status_page_is_public)
+    except (NotAuthenticated, PermissionDenied) as exc:
+        return _html(_render_login(exc.detail), status_code=exc.status)
+    model = get_model(session, model_id)
+    calibration = latest_calibration(session, model.id)
+    body = (
+        render_calibration(model.name, calibration.result)
+        if calibration is not None and isinstance(calibration.result, dict)
+        else '<p class="empty">No succeeded calibration yet: POST /v1/models/{id}/calibrations.</p>'
+    )
+    return _html(
+        _fill(
+            _template("calibration.html"),
+            version=_static_version(),
+            name=escape(f"{model.name} v{model.version}"),
+            body=body,
+        )
+    )
 
 
 @router.post("/", response_class=HTMLResponse, include_in_schema=False)
@@ -239,7 +269,8 @@ def _render_stream(stream: StatusStream) -> str:
     return (
         f'<section class="stream" data-stream-id="{stream.id}" data-stream="{escape(stream.name)}">'
         f'<header><h2><a href="/streams/{stream.id}">{escape(stream.name)}</a></h2>'
-        f'<span class="model">{escape(stream.model)} v{stream.model_version}</span>'
+        f'<span class="model"><a href="/models/{stream.model_id}/calibration" '
+        f'title="calibration">{escape(stream.model)} v{stream.model_version}</a></span>'
         f'<span class="images">{stream.images_total} images; window {window.index}: '
         f"{window.fill}/{window.size}</span></header>"
         f'<ul class="rules">{rules}</ul>'
