@@ -4,7 +4,8 @@
 # runtime ships as nvidia-* wheels); the host only needs the NVIDIA driver and Container Toolkit.
 # On a host without a GPU the same image runs the worker on CPU (docker-compose.cpu.yml).
 
-ARG PYTHON_IMAGE=python:3.11-slim
+# An exact tag: a rebuild gets the same interpreter (bump it together with requirements.lock).
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
 # --- builder: a self-contained virtualenv at /opt/venv -----------------------------------------
 FROM ${PYTHON_IMAGE} AS builder
@@ -16,15 +17,17 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
-# torch first, in a layer of its own (multi-GB): editing the project does not re-download it.
-# Keep the versions in step with pyproject.toml.
-RUN pip install --upgrade pip setuptools wheel \
- && pip install torch==2.14.1 torchvision==0.29.1
+# Every dependency from the lock file (exact versions, sha256 hashes; written by deploy/lock.sh),
+# in a layer of its own: torch and its CUDA wheels are several GB, and editing the project does not
+# re-download them. --no-deps: the lock is complete, nothing unpinned sneaks in.
+COPY requirements.lock /tmp/requirements.lock
+RUN pip install --no-deps --require-hashes -r /tmp/requirements.lock
 
-# Then the project itself (.dockerignore keeps tests, data and caches out of the context).
+# Then the project itself (.dockerignore keeps tests, data and caches out of the context), built
+# with the locked setuptools (no build isolation: nothing is fetched unpinned).
 WORKDIR /src
 COPY . .
-RUN pip install . \
+RUN pip install --no-deps --no-build-isolation . \
  && flipwatch --help > /dev/null \
  && mkdir -p /app/migrations \
  && if [ -d migrations ]; then cp -a migrations/. /app/migrations/; fi \

@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
 
 from flipwatch.service.alert.webhooks import WebhookDeliverer
+from flipwatch.service.api.docs import add_offline_docs
 from flipwatch.service.api.problems import register_problem_handlers
 from flipwatch.service.api.routes import (
     alerts,
@@ -25,6 +26,7 @@ from flipwatch.service.api.routes import (
     estimates,
     health,
     jobs,
+    labels,
     metrics,
     models,
     status_page,
@@ -33,8 +35,10 @@ from flipwatch.service.api.routes import (
 from flipwatch.service.core.auth import ensure_api_key
 from flipwatch.service.core.db import make_engine, make_sessionmaker
 from flipwatch.service.core.dispatch import JobDispatcher, NullDispatcher
+from flipwatch.service.core.logging import RequestIdMiddleware
 from flipwatch.service.core.settings import Settings
-from flipwatch.service.metrics.http import ApiMetrics, MetricsMiddleware
+from flipwatch.service.core.tracing import instrument_app, instrument_engine
+from flipwatch.service.metrics.http import ApiMetrics, MetricsMiddleware, serve_metrics
 from flipwatch.service.model.service import ModelCheck
 from flipwatch.service.status.service import STATUS_FILES
 
@@ -72,6 +76,7 @@ def create_app(
         engine = None
         if app.state.sessionmaker is None:
             engine = make_engine(settings)
+            instrument_engine(engine)
             app.state.sessionmaker = make_sessionmaker(engine)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         if settings.bootstrap_admin_key:
@@ -85,9 +90,17 @@ def create_app(
             deliverer = WebhookDeliverer(lambda: app.state.sessionmaker, settings)
             deliverer.start()
         app.state.webhook_deliverer = deliverer
+        metrics_server = None
+        if settings.metrics_port is not None:
+            metrics_server = serve_metrics(
+                app.state.metrics.registry, host=settings.metrics_host, port=settings.metrics_port
+            )
         try:
             yield
         finally:
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
             if deliverer is not None:
                 deliverer.stop()
             if engine is not None:
@@ -99,6 +112,9 @@ def create_app(
         summary="Label-free accuracy estimates for deployed image classifiers (Weighted Flips).",
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
+        # FastAPI's own pages load Swagger UI and ReDoc from a CDN; add_offline_docs serves them.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.sessionmaker = session_factory
@@ -108,12 +124,17 @@ def create_app(
     app.state.broker_check = broker_check
     app.state.model_check = model_check
     app.state.webhook_deliverer = None
-    app.state.metrics = ApiMetrics(lambda: app.state.sessionmaker)
+    app.state.metrics = ApiMetrics(
+        lambda: app.state.sessionmaker, error_windows=settings.estimator_error_windows
+    )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    # Outermost: the request id is bound before anything else runs or logs.
+    app.add_middleware(RequestIdMiddleware)
     register_problem_handlers(app)
+    # With FLIPWATCH_METRICS_PORT, /metrics is served only on that (internal) port.
     for module in (
         health,
-        metrics,
+        *((metrics,) if settings.metrics_port is None else ()),
         status_page,
         models,
         calibrations,
@@ -122,8 +143,11 @@ def create_app(
         estimates,
         jobs,
         alerts,
+        labels,
     ):
         app.include_router(module.router)
+    add_offline_docs(app)
+    instrument_app(app)  # a no-op unless FLIPWATCH_OTEL_ENDPOINT configured tracing
     # The status page's script and styles, from the installed package.
     app.mount("/static", StaticFiles(directory=str(STATUS_FILES / "static")), name="static")
     return app

@@ -20,8 +20,10 @@ from sqlalchemy.orm import Session
 from flipwatch.service.core.tables import (
     AlertRule,
     ApiKey,
+    Batch,
     Calibration,
     Estimate,
+    Image,
     Job,
     Model,
     Stream,
@@ -300,3 +302,42 @@ def make_alert_rule(session: Session, *, stream: Stream, **overrides: Any) -> Al
     session.add(rule)
     session.flush()
     return rule
+
+
+def make_images(
+    session: Session, *, stream: Stream, window_index: int, predicted: list[int | None]
+) -> list[Image]:
+    """One batch of images in `window_index` whose model predictions are `predicted` (what the
+    estimate job stores); distinct content hashes from the counter."""
+    key, _ = make_api_key(session, role="ingest")
+    batch = Batch(
+        stream_id=stream.id,
+        api_key_id=key.id,
+        request_sha256=f"{next_id():064x}",
+        image_count=len(predicted),
+        response={},
+    )
+    session.add(batch)
+    session.flush()
+    images = []
+    for label in predicted:
+        n = next_id()
+        images.append(
+            Image(
+                sha256=f"{n:064x}",
+                stream_id=stream.id,
+                batch_id=batch.id,
+                window_index=window_index,
+                position=n,
+                path=f"/nonexistent/{n}.png",
+                filename=f"{n}.png",
+                width=32,
+                height=32,
+                format="PNG",
+                size_bytes=100,
+                predicted_label=label,
+            )
+        )
+    session.add_all(images)
+    session.flush()
+    return images

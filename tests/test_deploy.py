@@ -348,7 +348,7 @@ def test_prometheus_scrapes_api_and_worker(prom_rules):
         job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
         for job in config["scrape_configs"]
     }
-    assert jobs["flipwatch-api"] == ["api:8000"]
+    assert jobs["flipwatch-api"] == ["api:9100"]  # FLIPWATCH_METRICS_PORT in compose
     assert jobs["flipwatch-worker"] == ["worker:9191"]
     assert "rules/*.yml" in config["rule_files"]
 
@@ -388,3 +388,23 @@ def test_compose_cpu_override_replaces_the_gpu_worker():
     assert {k: v for k, v in cpu["environment"].items() if k != "FLIPWATCH_DEVICE"} == {
         k: v for k, v in gpu["environment"].items() if k != "FLIPWATCH_DEVICE"
     }
+
+
+def test_dashboard_shows_what_produced_the_estimate_and_realized_accuracy(dashboard):
+    exprs = " ".join(e for _, e in dashboard_exprs(dashboard))
+    for name in (
+        "flipwatch_estimate_signal_value",
+        "flipwatch_calibration_error_ratio",
+        "flipwatch_estimate_used_fraction_ratio",
+        "flipwatch_realized_accuracy_ratio",
+        "flipwatch_estimator_abs_error_ratio",
+    ):
+        assert name in exprs, name
+
+
+def test_estimator_drift_alert_suggests_recalibration(prom_rules):
+    (rule,) = [r for r in prom_rules if r.get("alert") == "FlipwatchEstimatorDriftedFromRealized"]
+    assert "flipwatch_estimator_abs_error_ratio > 0.05" in rule["expr"]
+    assert "flipwatch_realized_windows >= 3" in rule["expr"]
+    assert "recalibrate" in rule["annotations"]["summary"]
+    assert "recalibrate" in rule["annotations"]["description"]

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_se
 from flipwatch.service.core.db import make_engine, make_sessionmaker
 from flipwatch.service.core.dispatch import JobDispatcher
 from flipwatch.service.core.settings import Settings
+from flipwatch.service.core.tracing import instrument_engine
 from flipwatch.workers import jobs
 from flipwatch.workers.actors import QUEUE_NAME, declare_actors
 from flipwatch.workers.broker import (
@@ -173,6 +174,7 @@ class WorkerProcess:
     def start(self) -> None:
         self.broker = configure_broker(self.settings, namespace=self.namespace)
         self.engine = make_engine(self.settings)
+        instrument_engine(self.engine)  # a no-op unless tracing is configured
         self.metrics = WorkerMetrics()
         runtime = jobs.JobRuntime(
             session_factory=make_sessionmaker(self.engine),

@@ -27,7 +27,7 @@ def register(subparsers: Any) -> None:
     api = subparsers.add_parser("api", help="run the HTTP API (uvicorn)")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
-    api.add_argument("--log-level", default="info")
+    api.add_argument("--log-level", default=None)
     api.set_defaults(handler=run_api)
 
     migrate = subparsers.add_parser("migrate", help="apply database migrations (alembic upgrade)")
@@ -50,10 +50,11 @@ def register(subparsers: Any) -> None:
 def run_api(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from flipwatch.cli.worker import configure_observability
     from flipwatch.service.main import create_app
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s %(message)s")
     settings = Settings()
+    level = configure_observability(settings, args.log_level)
     if settings.effective_database_url.startswith("sqlite"):
         # Embedded mode: keep the local database at head so a first run just works.
         upgrade_database(settings)
@@ -64,7 +65,14 @@ def run_api(args: argparse.Namespace) -> int:
         dispatcher=make_dispatcher(settings),
         model_check=estimator_model_check(settings),
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=level,
+        log_config=None,  # keep the JSON handler configure_observability installed
+        access_log=False,  # RequestIdMiddleware writes the access lines
+    )
     return 0
 
 

@@ -25,7 +25,7 @@ def register(subparsers: Any) -> None:
     worker.add_argument(
         "--metrics-port", type=int, default=9191, help="Prometheus port (0: no metrics server)"
     )
-    worker.add_argument("--log-level", default="info")
+    worker.add_argument("--log-level", default=None)
     worker.set_defaults(handler=run_worker_command)
 
     serve = subparsers.add_parser(
@@ -36,15 +36,15 @@ def register(subparsers: Any) -> None:
     serve.add_argument(
         "--data-dir", type=Path, default=None, help="images, weights, SQLite (default .flipwatch)"
     )
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--log-level", default=None)
     serve.set_defaults(handler=run_serve_command)
 
 
 def run_worker_command(args: argparse.Namespace) -> int:
     from flipwatch.workers.main import run_worker
 
-    _configure_logging(args.log_level)
     settings = Settings()
+    configure_observability(settings, args.log_level)
     if settings.embedded:
         print(
             "flipwatch worker needs FLIPWATCH_REDIS_URL (and FLIPWATCH_DATABASE_URL for Postgres);"
@@ -59,14 +59,21 @@ def run_worker_command(args: argparse.Namespace) -> int:
 def run_serve_command(args: argparse.Namespace) -> int:
     import uvicorn
 
-    _configure_logging(args.log_level)
     settings = Settings(**({"data_dir": args.data_dir} if args.data_dir else {}))
+    level = configure_observability(settings, args.log_level)
     apply_torch_threads(settings)
     stack = build_server(settings)
     try:
         if stack.admin_key_path is not None:
             _announce_admin_key(stack, host=args.host, port=args.port)
-        uvicorn.run(stack.app, host=args.host, port=args.port, log_level=args.log_level)
+        uvicorn.run(
+            stack.app,
+            host=args.host,
+            port=args.port,
+            log_level=level,
+            log_config=None,  # keep the JSON handler configure_observability installed
+            access_log=False,  # RequestIdMiddleware writes the access lines
+        )
     finally:
         stack.close()
     return 0
@@ -83,8 +90,14 @@ def _announce_admin_key(stack: ServerStack, *, host: str, port: int) -> None:
     )
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+def configure_observability(settings: Settings, level: str | None) -> str:
+    """JSON logs (or console lines, FLIPWATCH_LOG_FORMAT) and, when configured, tracing; returns
+    the log level in force (--log-level over FLIPWATCH_LOG_LEVEL)."""
+    from flipwatch.service.core.logging import configure_logging
+    from flipwatch.service.core.tracing import configure_tracing
+
+    level = level or settings.log_level
+    configure_logging(level, settings.log_format)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per plugin otherwise
+    configure_tracing(settings)
+    return level

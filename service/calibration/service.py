@@ -19,8 +19,9 @@ from flipwatch.service.calibration.schemas import CalibrationOptions
 from flipwatch.service.core.errors import ArchiveRejected, CalibrationNotFound, PayloadTooLarge
 from flipwatch.service.core.settings import Settings
 from flipwatch.service.core.tables import Calibration, Job, Model
-from flipwatch.service.job.service import create_calibration_job
+from flipwatch.service.job.service import create_calibration_job, variant_count
 from flipwatch.service.model.service import get_model
+from flipwatch.workers.estimation.families import FAMILIES
 
 CHUNK = 1 << 20
 
@@ -129,8 +130,13 @@ def _queue_calibration(
     )
     session.add(calibration)
     session.flush()
+    families = options.families or settings.calibration_families or FAMILIES
+    severities = options.severities or settings.calibration_severities
     job = create_calibration_job(
-        session, model=model, calibration=calibration, steps=options.steps or settings.default_steps
+        session,
+        model=model,
+        calibration=calibration,
+        variants=variant_count(len(families), len(severities)),
     )
     calibration.job_id = job.id
     session.flush()

@@ -105,6 +105,44 @@ class Settings(BaseSettings):
         "false in prod (then a read key is needed: ?key=, cookie or bearer header).",
     )
 
+    # Realized accuracy from labels posted later (POST /v1/streams/{id}/labels).
+    realized_min_labels: int = Field(
+        default=50,
+        ge=1,
+        description="Labeled images a window needs before its realized accuracy is computed.",
+    )
+    estimator_error_windows: int = Field(
+        default=10,
+        ge=1,
+        description="The estimator's running error on a stream: mean |estimated - realized| "
+        "over this many most recent windows with a realized accuracy.",
+    )
+
+    # Logs: one JSON object per line (json) or key=value lines for a terminal (console).
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Optional OpenTelemetry tracing (the `otel` extra): off unless an endpoint is set.
+    otel_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces URL (e.g. http://otel-collector:4318/v1/traces); unset: "
+        "no tracing.",
+    )
+    otel_service_name: str = Field(default="flipwatch", description="service.name of the spans.")
+
+    # Prometheus metrics of the API process.
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Serve the API's /metrics on this port only (an internal port Prometheus "
+        "scrapes over a private network) instead of on the public API port; unset: on the API "
+        "port, without a key.",
+    )
+    metrics_host: str = Field(
+        default="0.0.0.0", description="Address the metrics_port server listens on."
+    )
+
     # Alert webhooks (service/alert/webhooks.py): an outbox delivered by an API process thread.
     webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     webhook_max_attempts: int = Field(default=8, ge=1, le=100)

@@ -183,6 +183,11 @@ class Image(Base):
     format: Mapped[str] = mapped_column(String(8))
     size_bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The source model's class for this image, written by the estimate job; `label` (the true
+    # class) arrives later through POST /v1/streams/{id}/labels. Both give realized accuracy.
+    predicted_label: Mapped[int | None] = mapped_column(Integer)
+    label: Mapped[int | None] = mapped_column(Integer)
+    labeled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Job(Base):
@@ -213,6 +218,8 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     worker: Mapped[str | None] = mapped_column(String(200))
+    # X-Request-ID of the API call that created the job: its log lines carry it (one grep).
+    request_id: Mapped[str | None] = mapped_column(String(128))
 
 
 class Estimate(Base):
@@ -234,6 +241,11 @@ class Estimate(Base):
     # EstimateResult.to_dict(): signals, checkpoints, baselines, embedding, steps, probe, device...
     result: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Realized accuracy from labels posted later (service/label): the share of labeled images the
+    # model got right, set once `labeled_count` reaches FLIPWATCH_REALIZED_MIN_LABELS.
+    labeled_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    realized_accuracy: Mapped[float | None] = mapped_column(Float)
+    realized_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 ALERT_RULE_KINDS = ("accuracy_below", "drop_below_reference", "embedding_above")

@@ -27,6 +27,21 @@ class EstimateRead(BaseModel):
         "distances, steps, probe size, seconds, device."
     )
     created_at: datetime
+    labeled_count: int = Field(
+        default=0, description="Images of the window labeled so far (POST .../labels)."
+    )
+    realized_accuracy: float | None = Field(
+        default=None,
+        description="Accuracy measured on the posted labels, once the window has "
+        "FLIPWATCH_REALIZED_MIN_LABELS of them; None until then.",
+    )
+    realized_at: datetime | None = None
+
+    @computed_field(description="estimated_accuracy - realized_accuracy; None without labels.")
+    def estimator_error(self) -> float | None:
+        if self.realized_accuracy is None:
+            return None
+        return self.estimated_accuracy - self.realized_accuracy
 
     @computed_field(
         description="Lower bound of the 90 % prediction interval (split conformal "

@@ -23,6 +23,8 @@ class JobLink(BaseModel):
 
 
 class JobProgress(BaseModel):
+    """Estimate jobs count adaptation steps; calibrate jobs count shifted variants measured."""
+
     steps_done: int
     steps_total: int
     fraction: float
@@ -64,6 +66,10 @@ class JobRead(BaseModel):
     finished_at: datetime | None
     heartbeat_at: datetime | None
     estimate_id: uuid.UUID | None = None
+    request_id: str | None = Field(
+        default=None,
+        description="X-Request-ID of the API call that created the job; its log lines carry it.",
+    )
     links: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
@@ -99,5 +105,6 @@ class JobRead(BaseModel):
             finished_at=job.finished_at,
             heartbeat_at=job.heartbeat_at,
             estimate_id=estimate_id,
+            request_id=job.request_id,
             links=links,
         )

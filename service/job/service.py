@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flipwatch.service.core.errors import JobNotFound
+from flipwatch.service.core.logging import current_request_id
 from flipwatch.service.core.tables import Calibration, Estimate, Job, Model, Stream
 
 DEFAULT_MAX_ATTEMPTS = 3
@@ -31,16 +32,23 @@ def create_estimate_job(session: Session, *, stream: Stream, window_index: int) 
 
 
 def create_calibration_job(
-    session: Session, *, model: Model, calibration: Calibration, steps: int
+    session: Session, *, model: Model, calibration: Calibration, variants: int
 ) -> Job:
-    """Queue a calibration run; `steps_total` is a first guess the worker may correct."""
+    """Queue a calibration run. Its progress counts shifted variants measured, from creation to
+    the end (one unit: the worker reports variants done of the suite's total)."""
     return _add_queued_job(
         session,
         kind="calibrate",
         model_id=model.id,
-        steps_total=steps,
+        steps_total=variants,
         calibration_id=calibration.id,
     )
+
+
+def variant_count(families: int, severities: int) -> int:
+    """Variants of a calibration suite: the clean set, each family at each severity, and a mix
+    per family (workers/estimation/variants.py `calibration_variants`)."""
+    return 1 + families * (severities + 1)
 
 
 def _add_queued_job(
@@ -56,6 +64,7 @@ def _add_queued_job(
         max_attempts=DEFAULT_MAX_ATTEMPTS,
         steps_done=0,
         steps_total=steps_total,
+        request_id=current_request_id(),  # the API call that caused it (X-Request-ID)
         **target,
     )
     session.add(job)

@@ -106,6 +106,55 @@ class _StreamFamilies:
             labels=STREAM_LABELS,
         )
     )
+    signal: GaugeMetricFamily = field(
+        default_factory=lambda: GaugeMetricFamily(
+            "flipwatch_estimate_signal_value",
+            "Value of the signal that produced the latest estimate (the calibration's selected "
+            "signal@step, e.g. uf_source@250; bounded: 4 signals x the checkpoints).",
+            labels=(*STREAM_LABELS, "signal"),
+        )
+    )
+    calibration_error: GaugeMetricFamily = field(
+        default_factory=lambda: GaugeMetricFamily(
+            "flipwatch_calibration_error_ratio",
+            "Held-out (leave-one-family-out) mean absolute error of the calibration fit behind "
+            "the latest estimate.",
+            labels=(*STREAM_LABELS, "signal"),
+        )
+    )
+    used_fraction: GaugeMetricFamily = field(
+        default_factory=lambda: GaugeMetricFamily(
+            "flipwatch_estimate_used_fraction_ratio",
+            "Share of the latest window's adaptation samples that passed the entropy and "
+            "redundancy filters (0: nothing adapted, the estimate is the clean map's floor).",
+            labels=STREAM_LABELS,
+        )
+    )
+    # Interval bounds of the estimate (flipwatch_estimated_accuracy_lower_ratio / _upper_ratio)
+    # go here once the estimator stores them (the estimate-quality work); same labels.
+    realized: GaugeMetricFamily = field(
+        default_factory=lambda: GaugeMetricFamily(
+            "flipwatch_realized_accuracy_ratio",
+            "Accuracy measured on posted labels, of the stream's latest window that has one.",
+            labels=STREAM_LABELS,
+        )
+    )
+    estimator_error: GaugeMetricFamily = field(
+        default_factory=lambda: GaugeMetricFamily(
+            "flipwatch_estimator_abs_error_ratio",
+            "The estimator's running error on the stream: mean |estimated - realized accuracy| "
+            "over the most recent windows with labels (FLIPWATCH_ESTIMATOR_ERROR_WINDOWS).",
+            labels=STREAM_LABELS,
+        )
+    )
+    realized_windows: GaugeMetricFamily = field(
+        default_factory=lambda: GaugeMetricFamily(
+            "flipwatch_realized_windows",
+            "Windows behind flipwatch_estimator_abs_error_ratio (at most "
+            "FLIPWATCH_ESTIMATOR_ERROR_WINDOWS).",
+            labels=STREAM_LABELS,
+        )
+    )
     jobs: GaugeMetricFamily = field(
         default_factory=lambda: GaugeMetricFamily(
             "flipwatch_jobs",
@@ -127,11 +176,17 @@ class _StreamFamilies:
             self.last_estimate,
             self.images,
             self.jobs,
+            self.signal,
+            self.calibration_error,
+            self.used_fraction,
+            self.realized,
+            self.estimator_error,
+            self.realized_windows,
         ]
 
 
-def read_stream_metrics(session: Session) -> list[Metric]:
-    """Every per-stream family, from five aggregate queries (no per-stream round trips)."""
+def read_stream_metrics(session: Session, *, error_windows: int = 10) -> list[Metric]:
+    """Every per-stream family, from six aggregate queries (no per-stream round trips)."""
     out = _StreamFamilies()
     models: dict[uuid.UUID, tuple[str, str]] = {
         model_id: (name, str(version))
@@ -180,7 +235,42 @@ def read_stream_metrics(session: Session) -> list[Metric]:
                 out.baselines.add_metric([*labels, method], value)
             for kind, value in _numbers(result.embedding):
                 out.embedding.add_metric([*labels, kind], value)
+            signal = result.signal
+            if _finite(result.signal_value):
+                out.signal.add_metric([*labels, signal], float(result.signal_value))
+            if _finite(result.calibration_mae):
+                out.calibration_error.add_metric([*labels, signal], float(result.calibration_mae))
+            if _finite(result.used_fraction):
+                out.used_fraction.add_metric(labels, float(result.used_fraction))
         out.last_estimate.add_metric(labels, _timestamp(last_at))
+
+    # Realized accuracy: the last `error_windows` windows with labels, per stream.
+    recent = (
+        select(
+            Estimate.stream_id,
+            Estimate.estimated_accuracy,
+            Estimate.realized_accuracy,
+            func.row_number()
+            .over(partition_by=Estimate.stream_id, order_by=Estimate.window_index.desc())
+            .label("age"),
+        )
+        .where(Estimate.realized_accuracy.is_not(None))
+        .subquery()
+    )
+    realized: dict[uuid.UUID, list[tuple[float, float]]] = defaultdict(list)
+    for stream_id, estimated, actual in session.execute(
+        select(recent.c.stream_id, recent.c.estimated_accuracy, recent.c.realized_accuracy)
+        .where(recent.c.age <= error_windows)
+        .order_by(recent.c.stream_id, recent.c.age)
+    ):
+        realized[stream_id].append((float(estimated), float(actual)))
+    for stream_id, pairs in realized.items():
+        labels = streams.get(stream_id)
+        if labels is None:
+            continue
+        out.realized.add_metric(labels, pairs[0][1])  # age 1: the latest labeled window
+        out.estimator_error.add_metric(labels, sum(abs(e - r) for e, r in pairs) / len(pairs))
+        out.realized_windows.add_metric(labels, float(len(pairs)))
 
     for stream_id, rule_name, state in session.execute(
         select(AlertRule.stream_id, AlertRule.name, AlertRule.state).order_by(AlertRule.name)
@@ -215,6 +305,10 @@ def _numbers(values: Mapping[str, float | None]) -> Iterator[tuple[str, float]]:
             yield str(name), float(value)
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+
+
 def _timestamp(value: Any) -> float:
     return float(value.timestamp()) if value is not None else 0.0
 
@@ -226,8 +320,14 @@ class DatabaseCollector(Collector):
     flipwatch_database_up says 0.
     """
 
-    def __init__(self, get_sessionmaker: Callable[[], sessionmaker[Session] | None]) -> None:
+    def __init__(
+        self,
+        get_sessionmaker: Callable[[], sessionmaker[Session] | None],
+        *,
+        error_windows: int = 10,
+    ) -> None:
         self._get_sessionmaker = get_sessionmaker
+        self._error_windows = error_windows
 
     def describe(self) -> Iterable[Metric]:
         return []  # nothing to check at registration; names are fixed (STREAM_METRICS)
@@ -242,7 +342,7 @@ class DatabaseCollector(Collector):
         if factory is not None:
             try:
                 with factory() as session:
-                    families = read_stream_metrics(session)
+                    families = read_stream_metrics(session, error_windows=self._error_windows)
                 ok = True
             except SQLAlchemyError as exc:
                 log.warning("metrics: database unreadable at scrape time: %s", exc)

@@ -6,10 +6,12 @@ many apps; the registry also carries the per-stream `DatabaseCollector`.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,13 +20,19 @@ from flipwatch.service.metrics.collector import DatabaseCollector
 # Seconds; up to a minute because batch uploads of many images are slow on purpose.
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 UNMATCHED_ROUTE = "unmatched"
+log = logging.getLogger(__name__)
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class ApiMetrics:
     """One app's registry: HTTP counters and histograms, plus the database collector."""
 
-    def __init__(self, get_sessionmaker: Callable[[], sessionmaker[Session] | None]) -> None:
+    def __init__(
+        self,
+        get_sessionmaker: Callable[[], sessionmaker[Session] | None],
+        *,
+        error_windows: int = 10,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "flipwatch_http_requests",
@@ -39,7 +47,7 @@ class ApiMetrics:
             buckets=HTTP_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(DatabaseCollector(get_sessionmaker))
+        self.registry.register(DatabaseCollector(get_sessionmaker, error_windows=error_windows))
 
     def observe(self, *, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
@@ -83,3 +91,14 @@ class MetricsMiddleware:
                 status=status,
                 seconds=time.perf_counter() - started,
             )
+
+
+def serve_metrics(registry: CollectorRegistry, *, host: str, port: int) -> WSGIServer:
+    """Serve `registry` at http://host:port/metrics on a daemon thread (FLIPWATCH_METRICS_PORT).
+
+    Why a second port: Prometheus scrapes it over the private network while the public API port
+    serves no metrics at all. Returns the server; `shutdown()` stops it.
+    """
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    log.info("metrics on http://%s:%d/metrics", host, port)
+    return server

@@ -20,6 +20,12 @@ STREAM_METRICS: tuple[str, ...] = (
     "flipwatch_last_estimate_timestamp_seconds",
     "flipwatch_images_ingested_total",
     "flipwatch_jobs",  # {state}
+    "flipwatch_estimate_signal_value",  # {signal}: the selected signal that made the estimate
+    "flipwatch_calibration_error_ratio",  # {signal}: the calibration's held-out MAE
+    "flipwatch_estimate_used_fraction_ratio",
+    "flipwatch_realized_accuracy_ratio",  # from labels posted later
+    "flipwatch_estimator_abs_error_ratio",  # mean |estimated - realized|, recent windows
+    "flipwatch_realized_windows",
 )
 # The API process (http.py's ApiMetrics).
 API_METRICS: tuple[str, ...] = (

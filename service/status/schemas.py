@@ -22,6 +22,13 @@ class StatusPoint(BaseModel):
     lower: float | None = None  # the 90 % interval, drawn as a band
     upper: float | None = None
     label_shift: float | None = None
+    realized_accuracy: float | None = Field(
+        default=None, description="Accuracy on labels posted later, once enough arrived."
+    )
+    labeled_count: int = 0
+    signal_value: float | None = None
+    calibration_mae: float | None = None
+    used_fraction: float | None = None
 
 
 class StatusAlertMarker(BaseModel):
@@ -42,6 +49,7 @@ class StatusStream(BaseModel):
     id: uuid.UUID
     name: str
     model: str
+    model_id: uuid.UUID | None = None
     model_version: int
     images_total: int
     window: WindowFill

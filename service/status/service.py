@@ -54,6 +54,37 @@ def read_status(
     )
 
 
+def stream_history(session: Session, stream_id: uuid.UUID, *, limit: int) -> list[Estimate]:
+    """The stream's latest `limit` estimates, newest window first (the per-stream table)."""
+    return list(
+        session.scalars(
+            select(Estimate)
+            .where(Estimate.stream_id == stream_id)
+            .order_by(Estimate.window_index.desc())
+            .limit(limit)
+        )
+    )
+
+
+def status_point(e: Estimate) -> StatusPoint:
+    """One window for the page: the estimate, what produced it, baselines, realized accuracy."""
+    result = stored_result(e)
+    return StatusPoint(
+        window_index=e.window_index,
+        estimated_accuracy=e.estimated_accuracy,
+        weighted_flips=e.weighted_flips,
+        signal=e.signal,
+        baselines=_baselines(e),
+        created_at=e.created_at,
+        realized_accuracy=e.realized_accuracy,
+        labeled_count=e.labeled_count or 0,
+        signal_value=result.signal_value if result is not None else None,
+        calibration_mae=result.calibration_mae if result is not None else None,
+        used_fraction=result.used_fraction if result is not None else None,
+        **_interval(e),
+    )
+
+
 def _stream_status(
     session: Session, stream: Stream, models: dict[uuid.UUID, Model], windows: int
 ) -> StatusStream:
@@ -65,18 +96,7 @@ def _stream_status(
             .limit(windows)
         )
     )[::-1]
-    series = [
-        StatusPoint(
-            window_index=e.window_index,
-            estimated_accuracy=e.estimated_accuracy,
-            weighted_flips=e.weighted_flips,
-            signal=e.signal,
-            baselines=_baselines(e),
-            created_at=e.created_at,
-            **_interval(e),
-        )
-        for e in estimates
-    ]
+    series = [status_point(e) for e in estimates]
     first_window = series[0].window_index if series else 0
     events = session.scalars(
         select(AlertEvent)
@@ -91,6 +111,7 @@ def _stream_status(
         id=stream.id,
         name=stream.name,
         model=model.name if model else "",
+        model_id=stream.model_id,
         model_version=model.version if model else 0,
         images_total=stream.images_total,
         window=WindowFill(

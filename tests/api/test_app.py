@@ -57,6 +57,7 @@ def test_openapi_documents_every_route_with_security_and_problems(client):
         "/v1/streams/{stream_id}/alert-rules",
         "/v1/streams/{stream_id}/alert-rules/{rule_id}",
         "/v1/streams/{stream_id}/alerts",
+        "/v1/streams/{stream_id}/labels",
         "/v1/status",
     }
     batch = spec["paths"]["/v1/streams/{stream_id}/batches"]["post"]

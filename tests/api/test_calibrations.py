@@ -52,7 +52,8 @@ class TestCreateCalibration:
         assert response.json()["options"] == expected
         calibration = session.get(Calibration, uuid.UUID(response.json()["id"]))
         assert calibration.options == expected
-        assert session.get(Job, calibration.job_id).steps_total == 50
+        # Progress counts variants from the start: clean + 2 families x (2 severities + a mix).
+        assert session.get(Job, calibration.job_id).steps_total == 1 + 2 * 3
 
     @pytest.mark.parametrize(
         ("field", "value", "message"),

@@ -187,7 +187,7 @@ def test_labels_are_names_never_ids(session, scrape):
 
     samples = scrape()
 
-    allowed = {*STREAM_LABELS, "method", "kind", "rule", "state", "route", "status", "le"}
+    allowed = {*STREAM_LABELS, "method", "kind", "rule", "state", "route", "status", "le", "signal"}
     for name, found in samples.items():
         for labels, _ in found:
             assert set(labels) <= allowed, (name, labels)
@@ -277,3 +277,30 @@ def test_database_outage_keeps_the_scrape_alive():
 
 def test_database_up_is_one_when_readable(session, scrape):
     assert one(scrape(), "flipwatch_database_up") == 1.0
+
+
+def test_metrics_port_serves_metrics_there_and_not_on_the_api_port(
+    settings: Settings, engine
+) -> None:
+    """FLIPWATCH_METRICS_PORT: Prometheus scrapes an internal port; the public one has none."""
+    import httpx
+
+    from flipwatch.cli.startup import free_port
+    from flipwatch.service.core.db import make_sessionmaker
+    from flipwatch.service.main import create_app
+
+    port = free_port()
+    app = create_app(
+        settings.model_copy(update={"metrics_port": port, "metrics_host": "127.0.0.1"}),
+        session_factory=make_sessionmaker(engine),
+    )
+    with TestClient(app) as client:
+        assert client.get("/metrics").status_code == 404
+        client.get("/healthz")
+        scraped = parse(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
+    assert scraped["flipwatch_database_up"] == [({}, 1.0)]
+    assert ({"method": "GET", "route": "/healthz", "status": "200"}, 1.0) in scraped[
+        "flipwatch_http_requests_total"
+    ]
+    with pytest.raises(httpx.ConnectError):  # stopped with the app
+        httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)

@@ -3,6 +3,8 @@ The chart itself is drawn by a browser in tests/e2e/test_status_page.py."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from sqlalchemy import select
 
@@ -13,6 +15,7 @@ from tests.conftest import bearer
 from tests.factories import (
     estimate_result,
     make_alert_rule,
+    make_calibration,
     make_estimate,
     make_job,
     make_model,
@@ -124,3 +127,81 @@ class TestAccess:
         bad = private.get("/?key=fw_000000000000_nope", follow_redirects=False)
         assert bad.status_code == 401
         assert "set-cookie" not in bad.headers
+
+
+class TestStreamPage:
+    def test_lists_every_window_newest_first_with_realized_accuracy(self, client, session):
+        stream = make_stream(session, name="cam-hist")
+        for w, acc in enumerate((0.91, 0.72, 0.88)):
+            make_estimate(session, stream=stream, window_index=w, estimated_accuracy=acc)
+        labeled = session.scalar(
+            select(Estimate).where(Estimate.stream_id == stream.id, Estimate.window_index == 1)
+        )
+        labeled.realized_accuracy, labeled.labeled_count = 0.75, 120
+
+        response = client.get(f"/streams/{stream.id}")
+
+        assert response.status_code == 200
+        page = response.text
+        rows = re.findall(r'<tr data-window="(\d+)">(.*?)</tr>', page)
+        assert [int(w) for w, _ in rows] == [2, 1, 0]
+        cells = dict((int(w), re.findall(r"<td>(.*?)</td>", r)) for w, r in rows)
+        assert cells[1][2:6] == ["72.0%", "75.0%", "120", "-3.0 pts"]
+        assert cells[0][3] == "-"  # no labels: no realized accuracy
+        assert f'data-stream-id="{stream.id}"' in page  # the chart's figure
+        assert "/static/status.js" in page
+
+    def test_main_page_links_each_stream_to_its_page(self, client, session):
+        stream = make_stream(session, name="linked")
+        make_estimate(session, stream=stream, window_index=0)
+        assert f'<a href="/streams/{stream.id}">linked</a>' in client.get("/").text
+
+    def test_unknown_stream_is_404(self, client):
+        assert client.get("/streams/00000000-0000-0000-0000-000000000000").status_code == 404
+
+    def test_needs_a_read_key_in_prod(self, private, session):
+        stream = make_stream(session)
+        response = private.get(f"/streams/{stream.id}")
+        assert response.status_code == 401
+        assert "read API key" in response.text
+
+
+class TestCalibrationPage:
+    def test_draws_the_fitted_curve_with_variants_and_ranks_every_candidate(self, client, session):
+        model = make_model(session, name="cal-page", calibrated=False)
+        quadratic = {"a": 0.0, "b": -0.001, "c": 0.95, "x_min": 0.0, "x_max": 300.0}
+        result = {
+            "selected": "uf@250",
+            "fits": [
+                {"signal": "wf", "step": 250, "map": quadratic, "mae": 0.05, "train_mae": 0.04},
+                {"signal": "uf", "step": 250, "map": quadratic, "mae": 0.02, "train_mae": 0.01},
+            ],
+            "points": [
+                {"family": "clean", "severity": 0, "mixed": False, "accuracy": 0.95,
+                 "signals": {"uf": {"250": 0.0}}},
+                {"family": "fog", "severity": 3, "mixed": False, "accuracy": 0.75,
+                 "signals": {"uf": {"250": 200.0}}},
+            ],
+            "baseline_mae": {"ac": 0.08},
+        }  # fmt: skip
+        make_calibration(session, model=model, state="succeeded", result=result)
+
+        page = client.get(f"/models/{model.id}/calibration").text
+
+        assert 'data-selected="uf@250"' in page and 'class="fit-curve"' in page
+        variants = re.findall(
+            r'class="variant"[^>]*data-x="([\d.]+)" data-accuracy="([\d.]+)"', page
+        )
+        assert variants == [("0", "0.95"), ("200", "0.75")]
+        candidates = re.findall(r'data-candidate="([^"]+)"><td>[^<]+</td><td>([^<]+)</td>', page)
+        assert candidates == [("uf@250", "2.00%"), ("wf@250", "5.00%")]  # best first
+        assert '<tr class="selected" data-candidate="uf@250">' in page
+        assert 'data-baseline="ac"' in page
+
+    def test_map_value_follows_the_estimators_rule(self):
+        from flipwatch.service.status.calibration_page import map_value
+        from flipwatch.workers.estimation.flips import QuadraticMap
+
+        m = QuadraticMap(a=1e-5, b=-0.004, c=0.97, x_min=10.0, x_max=150.0)
+        for x in (0.0, 10.0, 80.0, 150.0, 400.0):
+            assert map_value(m.to_dict(), x) == pytest.approx(m(x))

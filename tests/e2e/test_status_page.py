@@ -4,6 +4,7 @@ baselines and a marker per alert state change."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import socket
 import subprocess
@@ -192,3 +193,34 @@ def test_chart_has_one_point_per_estimate_with_baselines_and_alert_markers(seede
     assert {m["data-rule"] for m in markers} == {"floor"}
 
     assert set(dom.charts) == {"page-cams"}  # page-empty has no estimates: no chart
+
+
+def test_chart_has_a_time_axis_distinct_baselines_and_labelled_markers_in_lanes(seeded, server_url):
+    dom = ChartDom()
+    dom.feed(dump_dom(server_url + "/"))
+
+    ticks = [t["data-time"] for t in dom.elements("page-cams", "text", "tick")
+             if t.get("data-time")]  # fmt: skip
+    assert len(ticks) == 6 and ticks == sorted(ticks), ticks  # ISO times, left to right
+    dashes = {
+        p["data-method"]: p["stroke-dasharray"]
+        for p in dom.elements("page-cams", "path", "baseline")
+    }
+    assert set(dashes) == {"ac", "doc"} and dashes["ac"] != dashes["doc"]  # AC visible on DoC
+    assert {g["data-method"] for g in dom.elements("page-cams", "g", "baseline-points")} == {
+        "ac",
+        "doc",
+    }
+
+    labels = dom.elements("page-cams", "text", "alert-label")
+    markers = dom.elements("page-cams", "g", "alert-marker")
+    assert len(labels) == len(markers) == 2
+    # Labels sharing a lane never overlap: each is about 6 px per character plus the marker.
+    lanes: dict[str, list[float]] = {}
+    for marker, label in zip(markers, labels, strict=True):
+        lanes.setdefault(marker["data-lane"], []).append(float(label["x"]))
+    widest = len("floor resolved") * 6 + 14
+    for xs in lanes.values():
+        xs.sort()
+        assert all(b - a >= len("floor fired") * 6 + 14 for a, b in itertools.pairwise(xs)), xs
+        assert all(44 <= x <= 640 - widest + 8 for x in xs), xs

@@ -7,7 +7,7 @@ import torch
 from flipwatch.workers.estimation import EstimateConfig, calibrate
 from flipwatch.workers.estimation.calibration import fit_points, leave_one_group_out_mae
 from flipwatch.workers.estimation.calibration_result import fit_rank
-from flipwatch.workers.estimation.variants import CalibrationPoint
+from flipwatch.workers.estimation.variants import CalibrationPoint, calibration_variants
 
 
 def _point(family: str, accuracy: float, good: float, noise: float) -> CalibrationPoint:
@@ -62,6 +62,7 @@ class TestCalibrate:
             config=CONFIG,
             families=["contrast"],
             severities=(2, 4),
+            mixes=True,
             progress=lambda done, total: seen.append((done, total)),
         )
         assert [(p.family, p.severity, p.mixed) for p in calibration.points] == [

@@ -10,6 +10,7 @@ from flipwatch.workers.estimation import zoo
 # (name, input shape, number of classes) per registered architecture.
 CASES = [
     ("mnist_cnn", (2, 1, 28, 28), 10),
+    ("mnist_resnet", (2, 1, 28, 28), 10),
     ("tiny", (2, 3, 32, 32), 10),
     ("efficientnet_lite0", (1, 3, 224, 224), 1000),
 ]

@@ -349,7 +349,7 @@ class TestClaim:
         with session_factory() as session:
             model = make_model(session, calibrated=False)
             calibration = make_calibration(session, model=model, state="queued", result=None)
-            job = create_calibration_job(session, model=model, calibration=calibration, steps=10)
+            job = create_calibration_job(session, model=model, calibration=calibration, variants=10)
             session.commit()
 
         assert jobs.claim_job(session_factory, job.id, worker=WORKER) is not None
@@ -552,7 +552,7 @@ def setup_calibration(
             options=options,
         )
         steps = options.get("steps", 10)
-        job = create_calibration_job(session, model=model, calibration=calibration, steps=steps)
+        job = create_calibration_job(session, model=model, calibration=calibration, variants=steps)
         calibration.job_id = job.id
         session.commit()
         return model.id, calibration.id, job.id

@@ -10,16 +10,17 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from flipwatch.service.alert.evaluation import evaluate_alerts
 from flipwatch.service.calibration.service import latest_calibration
 from flipwatch.service.core.settings import Settings
 from flipwatch.service.core.tables import Estimate, Image, Job, Model, Stream, utcnow
+from flipwatch.service.label.service import refresh_realized_accuracy
 from flipwatch.workers.jobs.failures import UserError
 from flipwatch.workers.jobs.lifecycle import (
     Claim,
@@ -34,6 +35,11 @@ from flipwatch.workers.jobs.prefetch import WindowPrefetcher, decode_window, win
 from flipwatch.workers.jobs.resources import DeviceSlots
 from flipwatch.workers.model_cache import ModelCache
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from flipwatch.workers.estimation.spec import ModelSpec
+
 log = logging.getLogger(__name__)
 
 
@@ -46,6 +52,7 @@ class _EstimateInputs:
     steps: int
     image_paths: list[tuple[str, str | None]]
     calibration: dict[str, Any] | None
+    image_ids: list[uuid.UUID] = field(default_factory=list)  # same order as image_paths
 
 
 def run_estimate(
@@ -77,7 +84,7 @@ def run_estimate(
             raise UserError(f"job {job.id}: its model or stream no longer exists")
         spec, model_key = spec_and_key(model_row)
         rows = session.execute(
-            select(Image.path, Image.filename)
+            select(Image.id, Image.path, Image.filename)
             .where(Image.stream_id == job.stream_id, Image.window_index == job.window_index)
             .order_by(Image.position)
         ).all()
@@ -89,6 +96,7 @@ def run_estimate(
             window_index=job.window_index,
             steps=stream.steps,
             image_paths=[(r.path, r.filename) for r in rows],
+            image_ids=[r.id for r in rows],
             calibration=stored.result if stored is not None else None,
         )
         model_name = f"{model_row.name!r} v{model_row.version}"
@@ -131,6 +139,7 @@ def run_estimate(
             device=device,
             progress=ProgressWriter(session_factory, claim),
         )
+        predictions = source_predictions(model, images, spec, device=device)
         seconds = time.perf_counter() - started
     if metrics is not None:
         metrics.estimate_finished(seconds=seconds, images=len(images), device=str(device))
@@ -150,7 +159,29 @@ def run_estimate(
         usage.peak_memory_bytes / 2**20,
         " (shared device)" if usage.shared else "",
     )
-    return finish_estimate(session_factory, claim, inputs, result, image_count=len(images))
+    return finish_estimate(
+        session_factory,
+        claim,
+        inputs,
+        result,
+        image_count=len(images),
+        predictions=predictions,
+        min_labels=settings.realized_min_labels,
+    )
+
+
+def source_predictions(model: Any, images: Tensor, spec: ModelSpec, *, device: Any) -> list[int]:
+    """The deployed (eval-mode, unadapted) model's class per image, in window order: what labels
+    posted later are compared with to give the realized accuracy."""
+    from flipwatch.workers.estimation.trajectory import predict
+
+    was_training = model.training
+    model.eval()
+    try:
+        out = predict(model, images, spec, device=device, chunk_size=256)
+    finally:
+        model.train(was_training)
+    return [int(c) for c in out.probs.argmax(1).tolist()]
 
 
 def finish_estimate(
@@ -160,6 +191,8 @@ def finish_estimate(
     result: Any,
     *,
     image_count: int,
+    predictions: list[int] | None = None,
+    min_labels: int = 50,
 ) -> JobOutcome:
     """Commit point `finish`: the estimate row and `succeeded` in ONE transaction.
 
@@ -196,6 +229,18 @@ def finish_estimate(
                 inputs.stream_id,
             )
         else:
+            if predictions is not None and len(predictions) == len(inputs.image_ids):
+                session.execute(
+                    update(Image),
+                    [
+                        {"id": image_id, "predicted_label": label}
+                        for image_id, label in zip(inputs.image_ids, predictions, strict=True)
+                    ],
+                )
+                # Labels may have arrived before the estimate: realized accuracy now.
+                refresh_realized_accuracy(
+                    session, inputs.stream_id, inputs.window_index, min_labels=min_labels
+                )
             # Same transaction: alert state moves if and only if the estimate row lands.
             for change in evaluate_alerts(session, estimate):
                 log.info("stream %s: alert %r %s", change.stream_id, change.rule_name, change.state)

@@ -7,9 +7,16 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import structlog
+from sqlalchemy import select
+
 from flipwatch.service.core.settings import Settings
+from flipwatch.service.core.tables import Job
+from flipwatch.service.core.tracing import job_span
 from flipwatch.workers.jobs.calibrate import CalibrationSuite, run_calibrate
 from flipwatch.workers.jobs.estimate import run_estimate
 from flipwatch.workers.jobs.failures import (
@@ -57,6 +64,47 @@ def run_job(
     window while this one adapts; `slots` admits concurrent jobs on one device by memory.
     """
     job_id = uuid.UUID(str(job_id))
+    with job_log_context(session_factory, job_id):
+        return _run_job(
+            session_factory,
+            settings,
+            job_id,
+            model_cache=model_cache,
+            worker_name=worker_name,
+            metrics=metrics,
+            heartbeat_interval=heartbeat_interval,
+            calibration_suite=calibration_suite,
+            prefetcher=prefetcher,
+            slots=slots,
+        )
+
+
+@contextmanager
+def job_log_context(session_factory: SessionFactory, job_id: uuid.UUID) -> Iterator[None]:
+    """Bind job_id, and the request id of the API call that created the job, to every log line
+    written while the job runs (and to its trace span when tracing is configured)."""
+    with session_factory() as session:
+        request_id = session.scalar(select(Job.request_id).where(Job.id == job_id))
+    with (
+        structlog.contextvars.bound_contextvars(job_id=str(job_id), request_id=request_id),
+        job_span(job_id, request_id),
+    ):
+        yield
+
+
+def _run_job(
+    session_factory: SessionFactory,
+    settings: Settings,
+    job_id: uuid.UUID,
+    *,
+    model_cache: ModelCache,
+    worker_name: str,
+    metrics: JobMetrics | None,
+    heartbeat_interval: float,
+    calibration_suite: CalibrationSuite | None,
+    prefetcher: WindowPrefetcher | None,
+    slots: DeviceSlots | None,
+) -> JobOutcome:
     claim = claim_job(session_factory, job_id, worker=worker_name)
     if claim is None:
         return JobOutcome.SKIPPED

@@ -19,12 +19,21 @@ from fastapi import APIRouter, Depends, Form, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.orm import Session
 
-from flipwatch.service.api.deps import SessionDep, SettingsDep
+from flipwatch.service.api.deps import ModelID, SessionDep, SettingsDep, StreamID
 from flipwatch.service.api.problems import problem_responses
+from flipwatch.service.calibration.service import latest_calibration
 from flipwatch.service.core.auth import READ_ROLES, authenticate, check_role
 from flipwatch.service.core.errors import NotAuthenticated, PermissionDenied
-from flipwatch.service.status.schemas import StatusRead, StatusStream
-from flipwatch.service.status.service import STATUS_FILES, read_status
+from flipwatch.service.model.service import get_model
+from flipwatch.service.status.calibration_page import render_calibration
+from flipwatch.service.status.schemas import StatusPoint, StatusRead, StatusStream
+from flipwatch.service.status.service import (
+    STATUS_FILES,
+    read_status,
+    status_point,
+    stream_history,
+)
+from flipwatch.service.stream.service import get_stream
 
 router = APIRouter(tags=["status"])
 
@@ -94,6 +103,51 @@ def read_status_page(
             )
         return redirect
     return _html(render_status_page(read_status(session)))
+
+
+@router.get("/streams/{stream_id}", response_class=HTMLResponse, include_in_schema=False)
+def read_stream_page(
+    request: Request, session: SessionDep, settings: SettingsDep, stream_id: StreamID
+) -> Response:
+    """One stream: its chart and its window history as a table (newest first)."""
+    try:
+        check_status_access(request, session, public=settings.status_page_is_public)
+    except (NotAuthenticated, PermissionDenied) as exc:
+        return _html(_render_login(exc.detail), status_code=exc.status)
+    data = read_status(session)
+    stream = next((s for s in data.streams if s.id == stream_id), None)
+    if stream is None:
+        get_stream(session, stream_id)  # 404 problem for an unknown id
+        return _html('<p class="empty">This stream is not on the status page.</p>', status_code=404)
+    history = [status_point(e) for e in stream_history(session, stream_id, limit=HISTORY_WINDOWS)]
+    return _html(render_stream_page(stream, history))
+
+
+@router.get("/models/{model_id}/calibration", response_class=HTMLResponse, include_in_schema=False)
+def read_calibration_page(
+    request: Request, session: SessionDep, settings: SettingsDep, model_id: ModelID
+) -> Response:
+    """A model's latest succeeded calibration: the fitted curve with its variants, and every
+    candidate signal's held-out error."""
+    try:
+        check_status_access(request, session, public=settings.status_page_is_public)
+    except (NotAuthenticated, PermissionDenied) as exc:
+        return _html(_render_login(exc.detail), status_code=exc.status)
+    model = get_model(session, model_id)
+    calibration = latest_calibration(session, model.id)
+    body = (
+        render_calibration(model.name, calibration.result)
+        if calibration is not None and isinstance(calibration.result, dict)
+        else '<p class="empty">No succeeded calibration yet: POST /v1/models/{id}/calibrations.</p>'
+    )
+    return _html(
+        _fill(
+            _template("calibration.html"),
+            version=_static_version(),
+            name=escape(f"{model.name} v{model.version}"),
+            body=body,
+        )
+    )
 
 
 @router.post("/", response_class=HTMLResponse, include_in_schema=False)
@@ -214,8 +268,9 @@ def _render_stream(stream: StatusStream) -> str:
     window = stream.window
     return (
         f'<section class="stream" data-stream-id="{stream.id}" data-stream="{escape(stream.name)}">'
-        f"<header><h2>{escape(stream.name)}</h2>"
-        f'<span class="model">{escape(stream.model)} v{stream.model_version}</span>'
+        f'<header><h2><a href="/streams/{stream.id}">{escape(stream.name)}</a></h2>'
+        f'<span class="model"><a href="/models/{stream.model_id}/calibration" '
+        f'title="calibration">{escape(stream.model)} v{stream.model_version}</a></span>'
         f'<span class="images">{stream.images_total} images; window {window.index}: '
         f"{window.fill}/{window.size}</span></header>"
         f'<ul class="rules">{rules}</ul>'
@@ -226,3 +281,64 @@ def _render_stream(stream: StatusStream) -> str:
 
 def _when(value: datetime) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+HISTORY_WINDOWS = 500
+HISTORY_BASELINES = ("ac", "doc", "atc", "atc_ne", "cot")
+
+
+def render_stream_page(stream: StatusStream, history: list[StatusPoint]) -> str:
+    """The per-stream page: the summary and chart of the main page, then every window."""
+    return _fill(
+        _template("stream.html"),
+        version=_static_version(),
+        name=escape(stream.name),
+        stream=_render_stream(stream),
+        history=_render_history(history),
+    )
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _num(value: float | None, fmt: str = ".4g") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _render_history(points: list[StatusPoint]) -> str:
+    if not points:
+        return '<p class="empty">No estimates yet.</p>'
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in (
+            "window", "estimated (UTC)", "estimate", "realized", "labels", "error",
+            "signal", "signal value", "calibration MAE", "used fraction",
+            *(b.upper().replace("_", "-") for b in HISTORY_BASELINES),
+        )
+    )  # fmt: skip
+    rows = []
+    for p in points:
+        error = None if p.realized_accuracy is None else p.estimated_accuracy - p.realized_accuracy
+        cells = [
+            str(p.window_index),
+            escape(p.created_at.strftime("%m-%d %H:%M")),
+            _pct(p.estimated_accuracy),
+            _pct(p.realized_accuracy),
+            str(p.labeled_count),
+            "-" if error is None else f"{error * 100:+.1f} pts",
+            escape(p.signal),
+            _num(p.signal_value),
+            _pct(p.calibration_mae),
+            _pct(p.used_fraction),
+            *(_pct(p.baselines.get(b)) for b in HISTORY_BASELINES),
+        ]
+        rows.append(
+            f'<tr data-window="{p.window_index}">'
+            + "".join(f"<td>{c}</td>" for c in cells)
+            + "</tr>"
+        )
+    return (
+        f'<div class="history-wrap"><table class="history"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )

@@ -1,20 +1,26 @@
 // flipwatch status page: draws one SVG chart per stream from GET /v1/status.
-// Hand-written, no dependencies, nothing downloaded at run time. Each estimate is a
-// <circle class="point" data-window=.. data-value=..>; baselines are dashed paths; alert state
-// changes are <g class="alert-marker firing|resolved" data-window=.. data-rule=..>.
+// Hand-written, no dependencies, nothing downloaded at run time. The x axis is time (each
+// window's estimate time). Each estimate is a <circle class="point" data-window=.. data-value=..>;
+// baselines are paths with a dash pattern and point shape of their own, so equal values (AC on
+// DoC) stay visible; realized accuracy from labels is <rect class="realized">; alert state changes
+// are <g class="alert-marker firing|resolved" data-window=.. data-rule=..> with a text label in
+// a lane above the plot, a new lane whenever labels would overlap.
 (function () {
   "use strict";
 
   var SVG_NS = "http://www.w3.org/2000/svg";
   var WIDTH = 640;
-  var HEIGHT = 220;
-  var MARGIN = { top: 14, right: 14, bottom: 30, left: 46 };
+  var HEIGHT = 250;
+  var LANE = 13; // height of one alert-label lane above the plot
+  var MARGIN = { top: 14, right: 14, bottom: 34, left: 46 };
+  // Each baseline: its colour, dash pattern and the shape of its points (c circle, s square,
+  // d diamond, t triangle, x cross), so two baselines with the same values are both visible.
   var BASELINES = {
-    ac: { label: "AC", color: "#a0702a" },
-    doc: { label: "DoC", color: "#7048c2" },
-    atc: { label: "ATC", color: "#2a78b8" },
-    atc_ne: { label: "ATC-NE", color: "#1a9aa6" },
-    cot: { label: "COT", color: "#7a7a7a" },
+    ac: { label: "AC", color: "#c06a00", dash: "8 4", shape: "s" },
+    doc: { label: "DoC", color: "#7048c2", dash: "2 3", shape: "d" },
+    atc: { label: "ATC", color: "#2a78b8", dash: "12 3 2 3", shape: "t" },
+    atc_ne: { label: "ATC-NE", color: "#1a9aa6", dash: "4 2", shape: "x" },
+    cot: { label: "COT", color: "#7a7a7a", dash: "1 2", shape: "c" },
   };
 
   function svg(name, attrs, parent) {
@@ -44,6 +50,31 @@
     return (value * 100).toFixed(1) + "%";
   }
 
+  function pad(n) {
+    return (n < 10 ? "0" : "") + n;
+  }
+
+  // A time tick: HH:MM within one day, else MM-DD HH:MM (UTC, like the rest of the page).
+  function timeLabel(ms, span) {
+    var d = new Date(ms);
+    var hm = pad(d.getUTCHours()) + ":" + pad(d.getUTCMinutes());
+    if (span < 60 * 1000 * 3) hm += ":" + pad(d.getUTCSeconds());
+    if (span < 24 * 3600 * 1000) return hm;
+    return pad(d.getUTCMonth() + 1) + "-" + pad(d.getUTCDate()) + " " + hm;
+  }
+
+  function shape(kind, cx, cy, size, attrs, parent) {
+    var r = size;
+    var d;
+    if (kind === "s") d = "M" + (cx - r) + "," + (cy - r) + "h" + 2 * r + "v" + 2 * r + "h" + -2 * r + "Z";
+    else if (kind === "d") d = "M" + cx + "," + (cy - r) + "L" + (cx + r) + "," + cy + "L" + cx + "," + (cy + r) + "L" + (cx - r) + "," + cy + "Z";
+    else if (kind === "t") d = "M" + cx + "," + (cy - r) + "L" + (cx + r) + "," + (cy + r) + "L" + (cx - r) + "," + (cy + r) + "Z";
+    else if (kind === "x") d = "M" + (cx - r) + "," + (cy - r) + "L" + (cx + r) + "," + (cy + r) + "M" + (cx + r) + "," + (cy - r) + "L" + (cx - r) + "," + (cy + r);
+    else d = "M" + (cx - r) + "," + cy + "a" + r + "," + r + " 0 1,0 " + 2 * r + ",0a" + r + "," + r + " 0 1,0 " + -2 * r + ",0";
+    attrs.d = d;
+    return svg("path", attrs, parent);
+  }
+
   // The y range: every plotted value and accuracy floor, padded, on 5-point steps, within [0, 1].
   function yDomain(stream) {
     var values = [];
@@ -54,6 +85,7 @@
       Object.keys(p.baselines || {}).forEach(function (m) {
         if (isNumber(p.baselines[m])) values.push(p.baselines[m]);
       });
+      if (isNumber(p.realized_accuracy)) values.push(p.realized_accuracy);
     });
     stream.rules.forEach(function (r) {
       if (r.kind === "accuracy_below") values.push(r.threshold);
@@ -76,31 +108,66 @@
       html("figcaption", { class: "empty" }, figure, "No estimates yet.");
       return;
     }
-    var first = series[0].window_index;
-    var last = series[series.length - 1].window_index;
-    if (first === last) {
-      first -= 1;
-      last += 1;
+    var time = function (p) {
+      return Date.parse(p.created_at);
+    };
+    var first = time(series[0]);
+    var last = time(series[series.length - 1]);
+    if (!(last > first)) {
+      first -= 30 * 1000;
+      last += 30 * 1000;
     }
-    var domain = yDomain(stream);
+    var span = last - first;
+
+    // Alert labels above the plot: each in the first lane where it does not overlap the label
+    // before it in that lane (about 6 px per character).
+    var visibleAlerts = stream.alerts.filter(function (e) {
+      return e.window_index >= series[0].window_index;
+    });
+    var byWindow = {};
+    series.forEach(function (p) {
+      byWindow[p.window_index] = p;
+    });
     var plotW = WIDTH - MARGIN.left - MARGIN.right;
-    var plotH = HEIGHT - MARGIN.top - MARGIN.bottom;
-    var x = function (w) {
-      return MARGIN.left + ((w - first) / (last - first)) * plotW;
+    var xOfTime = function (ms) {
+      return MARGIN.left + ((ms - first) / span) * plotW;
+    };
+    var alertTime = function (e) {
+      var p = byWindow[e.window_index];
+      return p ? time(p) : Date.parse(e.created_at);
+    };
+    var laneEnds = [];
+    var placed = visibleAlerts.map(function (e) {
+      var text = e.rule_name + (e.state === "firing" ? " fired" : " resolved");
+      var mx = xOfTime(alertTime(e));
+      var width = text.length * 6 + 14;
+      var left = Math.min(Math.max(mx - 5, MARGIN.left), WIDTH - MARGIN.right - width);
+      var lane = 0;
+      while (laneEnds[lane] !== undefined && laneEnds[lane] > left) lane++;
+      laneEnds[lane] = left + width;
+      return { event: e, text: text, x: mx, left: left, lane: lane };
+    });
+    var top = MARGIN.top + laneEnds.length * LANE;
+    var height = HEIGHT + laneEnds.length * LANE;
+
+    var domain = yDomain(stream);
+    var plotH = height - top - MARGIN.bottom;
+    var x = function (p) {
+      return xOfTime(time(p));
     };
     var y = function (v) {
-      return MARGIN.top + (1 - (v - domain[0]) / (domain[1] - domain[0])) * plotH;
+      return top + (1 - (v - domain[0]) / (domain[1] - domain[0])) * plotH;
     };
 
     var root = svg("svg", {
-      viewBox: "0 0 " + WIDTH + " " + HEIGHT,
+      viewBox: "0 0 " + WIDTH + " " + height,
       class: "chart-svg",
       role: "img",
       "aria-label": "Estimated accuracy of " + stream.name + " over " + series.length + " windows",
       "data-stream": stream.name,
     });
 
-    // Grid and axes.
+    // Grid and axes: accuracy on y, the estimates' time (UTC) on x.
     var grid = svg("g", { class: "grid" }, root);
     var range = domain[1] - domain[0];
     var step = range <= 0.2 ? 0.05 : range <= 0.5 ? 0.1 : 0.2;
@@ -109,13 +176,18 @@
       svg("text", { x: MARGIN.left - 6, y: y(v) + 4, class: "tick y" }, grid).textContent =
         Math.round(v * 100) + "%";
     }
-    var xticks = Math.min(6, last - first);
+    var xticks = 5;
     for (var i = 0; i <= xticks; i++) {
-      var w = Math.round(first + ((last - first) * i) / xticks);
-      svg("text", { x: x(w), y: HEIGHT - 10, class: "tick x" }, grid).textContent = String(w);
+      var ms = first + (span * i) / xticks;
+      svg("text", {
+        x: xOfTime(ms),
+        y: height - 16,
+        class: "tick x" + (i === 0 ? " first" : i === xticks ? " last" : ""),
+        "data-time": new Date(ms).toISOString(),
+      }, grid).textContent = timeLabel(ms, span);
     }
-    svg("text", { x: WIDTH - MARGIN.right, y: HEIGHT - 1, class: "axis-label" }, grid)
-      .textContent = "window";
+    svg("text", { x: WIDTH - MARGIN.right, y: height - 2, class: "axis-label" }, grid)
+      .textContent = "time of estimate (UTC)";
 
     // Accuracy floors of the stream's rules.
     stream.rules.forEach(function (rule) {
@@ -136,11 +208,14 @@
     Object.keys(BASELINES).forEach(function (method) {
       var d = "";
       var pen = "M";
+      var style = BASELINES[method];
+      var marks = svg("g", { class: "baseline-points", "data-method": method, fill: style.color, stroke: style.color }, null);
       series.forEach(function (p) {
         var value = (p.baselines || {})[method];
         if (isNumber(value)) {
-          d += pen + x(p.window_index).toFixed(1) + "," + y(value).toFixed(1) + " ";
+          d += pen + x(p).toFixed(1) + "," + y(value).toFixed(1) + " ";
           pen = "L";
+          if (series.length <= 60) shape(style.shape, x(p), y(value), 2.5, { class: "mark" }, marks);
         } else {
           pen = "M";
         }
@@ -150,9 +225,11 @@
         d: d.trim(),
         class: "baseline",
         "data-method": method,
-        stroke: BASELINES[method].color,
+        stroke: style.color,
+        "stroke-dasharray": style.dash,
       }, root);
-      legend.push({ label: BASELINES[method].label, color: BASELINES[method].color, dashed: true });
+      root.appendChild(marks);
+      legend.push({ label: style.label, color: style.color, dash: style.dash });
     });
 
     // The 90 % prediction interval: a band between lower and upper, where windows have one.
@@ -173,7 +250,7 @@
       class: "accuracy-line",
       d: series
         .map(function (p, k) {
-          return (k ? "L" : "M") + x(p.window_index).toFixed(1) + "," + y(p.estimated_accuracy).toFixed(1);
+          return (k ? "L" : "M") + x(p).toFixed(1) + "," + y(p.estimated_accuracy).toFixed(1);
         })
         .join(" "),
     }, root);
@@ -181,36 +258,58 @@
     series.forEach(function (p) {
       var dot = svg("circle", {
         class: "point",
-        cx: x(p.window_index).toFixed(1),
+        cx: x(p).toFixed(1),
         cy: y(p.estimated_accuracy).toFixed(1),
         r: series.length > 60 ? 2.5 : 3.5,
         "data-window": p.window_index,
         "data-value": p.estimated_accuracy,
       }, points);
       svg("title", {}, dot).textContent =
-        "window " + p.window_index + ": " + percent(p.estimated_accuracy) +
+        "window " + p.window_index + " at " + p.created_at + ": " + percent(p.estimated_accuracy) +
         (isNumber(p.lower) ? " [" + percent(p.lower) + ", " + percent(p.upper) + "]" : "") +
         " (" + p.signal + ")" +
         (isNumber(p.label_shift) ? ", class-mix shift " + p.label_shift.toFixed(2) : "");
     });
-    legend.unshift({ label: "estimated accuracy", color: "#111", dashed: false });
+    legend.unshift({ label: "estimated accuracy", color: "#111", dash: "" });
 
-    // Alert markers: a vertical line and a triangle on top, at the window that changed the state.
+    // Realized accuracy (labels posted later): a hollow green square per labeled window.
+    var realized = series.filter(function (p) {
+      return isNumber(p.realized_accuracy);
+    });
+    realized.forEach(function (p) {
+      var mark = svg("rect", {
+        class: "realized",
+        x: (x(p) - 4).toFixed(1),
+        y: (y(p.realized_accuracy) - 4).toFixed(1),
+        width: 8,
+        height: 8,
+        "data-window": p.window_index,
+        "data-value": p.realized_accuracy,
+      }, points);
+      svg("title", {}, mark).textContent =
+        "window " + p.window_index + ": realized " + percent(p.realized_accuracy) + " on labels";
+    });
+    if (realized.length) legend.push({ label: "realized (labels)", color: "#1e7f3c", dash: "", box: true });
+
+    // Alert markers: a vertical line through the plot (never over the axis labels) and the rule's
+    // name with what happened, in its lane above the plot.
     var markers = svg("g", { class: "alert-markers" }, root);
-    stream.alerts.forEach(function (event) {
-      if (event.window_index < series[0].window_index) return;
-      var mx = x(event.window_index);
+    placed.forEach(function (m) {
+      var event = m.event;
       var g = svg("g", {
         class: "alert-marker " + event.state,
         "data-window": event.window_index,
         "data-rule": event.rule_name,
         "data-state": event.state,
+        "data-lane": m.lane,
       }, markers);
-      svg("line", { x1: mx, x2: mx, y1: MARGIN.top, y2: HEIGHT - MARGIN.bottom }, g);
+      var labelY = MARGIN.top + m.lane * LANE;
+      svg("line", { x1: m.x, x2: m.x, y1: labelY + 2, y2: height - MARGIN.bottom }, g);
       svg("path", {
-        d: "M" + (mx - 5) + "," + (MARGIN.top - 8) + " L" + (mx + 5) + "," + (MARGIN.top - 8) +
-          " L" + mx + "," + MARGIN.top + " Z",
+        d: "M" + (m.x - 4) + "," + (labelY - 6) + " L" + (m.x + 4) + "," + (labelY - 6) +
+          " L" + m.x + "," + (labelY + 1) + " Z",
       }, g);
+      svg("text", { x: m.left + 8, y: labelY, class: "alert-label" }, g).textContent = m.text;
       svg("title", {}, g).textContent =
         event.rule_name + " " + event.state + " at window " + event.window_index;
     });
@@ -219,8 +318,16 @@
     var caption = html("figcaption", { class: "chart-legend" }, figure);
     legend.forEach(function (item) {
       var entry = html("span", { class: "legend-item" }, caption);
-      var swatch = html("span", { class: "swatch" + (item.dashed ? " dashed" : "") }, entry);
+      var swatch = html("span", { class: "swatch" + (item.box ? " box" : "") }, entry);
       swatch.style.borderColor = item.color;
+      if (item.dash) {
+        // The line's own dash pattern, drawn as a tiny SVG so the legend matches the chart.
+        var mini = svg("svg", { width: 22, height: 6, class: "swatch-line" }, null);
+        svg("line", { x1: 0, x2: 22, y1: 3, y2: 3, stroke: item.color, "stroke-width": 2,
+          "stroke-dasharray": item.dash }, mini);
+        swatch.className = "swatch-svg";
+        swatch.appendChild(mini);
+      }
       entry.appendChild(document.createTextNode(item.label));
     });
   }
