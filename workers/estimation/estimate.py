@@ -92,6 +92,7 @@ def estimate(
             f"the model has {spec.num_classes}"
         )
     fit = calibration.fit_for(config.steps)
+    config = config.recording(fit.step)
     device = resolve_device(device)
     started = time.perf_counter()
     trajectory = run_trajectory(

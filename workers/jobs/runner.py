@@ -17,6 +17,7 @@ from flipwatch.workers.jobs.failures import (
     UserError,
     describe,
     finish_failed,
+    is_programming_error,
     is_user_error,
     release_after_error,
 )
@@ -48,7 +49,8 @@ def run_job(
 
     Returns the outcome; raises TransientJobError when the job went back to `queued` for a retry.
     User errors (no calibration, bad images, a model that does not load, too few images) fail the
-    job at once with the estimator's message. `calibration_suite` limits the corruption suite
+    job at once with the estimator's message; programming errors (KeyError, TypeError, ...) fail
+    it at once as internal errors. `calibration_suite` limits the corruption suite
     of calibrate jobs (default: every family at every severity).
     """
     job_id = uuid.UUID(str(job_id))
@@ -70,6 +72,16 @@ def run_job(
             message = str(exc) or type(exc).__name__
             log.warning("job %s failed: %s", job_id, message)
             finish_failed(session_factory, claim, message)
+            return JobOutcome.FAILED
+        if is_programming_error(exc):
+            # Deterministic: a retry would fail the same way (and cost the same worker time).
+            log.error("job %s: internal error, not retried", job_id, exc_info=exc)
+            finish_failed(
+                session_factory,
+                claim,
+                f"internal error, not retried (a bug; the worker log has the traceback): "
+                f"{describe(exc)}",
+            )
             return JobOutcome.FAILED
         requeued = release_after_error(session_factory, claim, exc)
         if not isinstance(exc, Exception):
