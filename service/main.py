@@ -130,7 +130,7 @@ def create_app(
 
 def _static_dir() -> str:
     """service/static inside the installed package (the status page's script and styles)."""
-    return str(files("service").joinpath("static"))
+    return str(files("flipwatch.service").joinpath("static"))
 
 
 def _operation_id(route: APIRoute) -> str:

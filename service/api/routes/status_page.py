@@ -121,7 +121,7 @@ def _html(body: str, *, status_code: int = 200) -> HTMLResponse:
 
 @cache
 def _template(name: str) -> str:
-    return files("service").joinpath("templates", name).read_text(encoding="utf-8")
+    return files("flipwatch.service").joinpath("templates", name).read_text(encoding="utf-8")
 
 
 @cache
@@ -129,7 +129,7 @@ def _static_version() -> str:
     """Changes when the static files do, so browsers never keep a stale script."""
     digest = hashlib.sha256()
     for name in ("status.js", "status.css"):
-        digest.update(files("service").joinpath("static", name).read_bytes())
+        digest.update(files("flipwatch.service").joinpath("static", name).read_bytes())
     return digest.hexdigest()[:12]
 
 
