@@ -1,4 +1,4 @@
-"""Alembic environment: the target is flipwatch.service.db.Base.metadata.
+"""Alembic environment: the target is flipwatch.service.core.db.Base.metadata.
 
 URL, first match wins: `-x url=...`, the config's sqlalchemy.url (set by tests and `flipwatch
 migrate`), else Settings().effective_database_url. A caller may also hand over an open connection in
@@ -13,10 +13,10 @@ from typing import Any
 from alembic import context
 from sqlalchemy import pool
 
-import flipwatch.service.models  # noqa: F401 - registers the tables on Base.metadata
-from flipwatch.service.db import Base, make_engine
-from flipwatch.service.models import UTCDateTime
-from flipwatch.service.settings import Settings, normalize_database_url
+import flipwatch.service.core.tables  # noqa: F401 - registers the tables on Base.metadata
+from flipwatch.service.core.db import Base, make_engine
+from flipwatch.service.core.settings import Settings, normalize_database_url
+from flipwatch.service.core.tables import UTCDateTime
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from importlib.resources import files
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
 
+from flipwatch.service.alert.webhooks import WebhookDeliverer
 from flipwatch.service.api.problems import register_problem_handlers
 from flipwatch.service.api.routes import (
     alerts,
@@ -30,13 +30,13 @@ from flipwatch.service.api.routes import (
     status_page,
     streams,
 )
-from flipwatch.service.auth import ensure_api_key
-from flipwatch.service.db import make_engine, make_sessionmaker
-from flipwatch.service.dispatch import JobDispatcher, NullDispatcher
-from flipwatch.service.metrics import ApiMetrics, MetricsMiddleware
-from flipwatch.service.models_registry import ModelCheck
-from flipwatch.service.settings import Settings
-from flipwatch.service.webhooks import WebhookDeliverer
+from flipwatch.service.core.auth import ensure_api_key
+from flipwatch.service.core.db import make_engine, make_sessionmaker
+from flipwatch.service.core.dispatch import JobDispatcher, NullDispatcher
+from flipwatch.service.core.settings import Settings
+from flipwatch.service.metrics.http import ApiMetrics, MetricsMiddleware
+from flipwatch.service.model.service import ModelCheck
+from flipwatch.service.status.service import STATUS_FILES
 
 log = logging.getLogger(__name__)
 
@@ -124,13 +124,9 @@ def create_app(
         alerts,
     ):
         app.include_router(module.router)
-    app.mount("/static", StaticFiles(directory=_static_dir()), name="static")
+    # The status page's script and styles, from the installed package.
+    app.mount("/static", StaticFiles(directory=str(STATUS_FILES / "static")), name="static")
     return app
-
-
-def _static_dir() -> str:
-    """service/static inside the installed package (the status page's script and styles)."""
-    return str(files("flipwatch.service").joinpath("static"))
 
 
 def _operation_id(route: APIRoute) -> str:

@@ -21,11 +21,11 @@ from sqlalchemy.orm import Session
 
 from flipwatch.cli.startup import estimator_model_check
 from flipwatch.service.api.deps import OutboxDep, commit_or_rollback, get_session
-from flipwatch.service.auth import create_api_key
-from flipwatch.service.db import Base, make_engine, make_sessionmaker, upgrade_database
-from flipwatch.service.dispatch import RecordingDispatcher
+from flipwatch.service.core.auth import create_api_key
+from flipwatch.service.core.db import Base, make_engine, make_sessionmaker, upgrade_database
+from flipwatch.service.core.settings import Settings
 from flipwatch.service.main import create_app
-from flipwatch.service.settings import Settings
+from tests.dispatchers import RecordingDispatcher
 
 ADMIN_URL = os.environ.get(
     "FLIPWATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

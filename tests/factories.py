@@ -6,15 +6,28 @@ from __future__ import annotations
 
 import io
 import itertools
+import stat
 import struct
+import tarfile
 import uuid
+import zipfile
 import zlib
 from typing import Any
 
 from PIL import Image as PILImage
 from sqlalchemy.orm import Session
 
-from flipwatch.service.models import ApiKey, Calibration, Estimate, Job, Model, Stream
+from flipwatch.service.core.tables import (
+    AlertRule,
+    ApiKey,
+    Calibration,
+    Estimate,
+    Job,
+    Model,
+    Stream,
+    utcnow,
+)
+from flipwatch.workers.estimation.result import EstimateResult
 
 _counter = itertools.count(1)
 
@@ -122,7 +135,7 @@ def make_estimate(
         "estimated_accuracy": accuracy,
         "signal": "wf",
         "weighted_flips": 0.1,
-        "result": {"estimated_accuracy": accuracy, "signal": "wf", "steps": stream.steps},
+        "result": estimate_result(accuracy, steps=stream.steps),
     }
     estimate = Estimate(**(values | overrides))
     session.add(estimate)
@@ -131,7 +144,7 @@ def make_estimate(
 
 
 def make_api_key(session: Session, *, role: str = "ingest") -> tuple[ApiKey, str]:
-    from flipwatch.service.auth import create_api_key
+    from flipwatch.service.core.auth import create_api_key
 
     return create_api_key(session, role=role, name=f"key-{next_id()}")
 
@@ -193,9 +206,41 @@ def random_id() -> uuid.UUID:
     return uuid.UUID(int=next_id())
 
 
-# --- alerts (service/alerts.py) -----------------------------------------------------------------
+# --- reference archives (calibrations) ------------------------------------------------------
 
-from flipwatch.service.models import AlertRule, utcnow  # noqa: E402 - appended section, kept together
+
+def zip_bytes(entries: dict[str, bytes], *, symlinks: dict[str, str] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+        for name, target in (symlinks or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            archive.writestr(info, target)
+    return buffer.getvalue()
+
+
+def tar_bytes(entries: dict[str, bytes], *, links: dict[str, str] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.SYMTYPE
+            info.linkname = target
+            archive.addfile(info)
+    return buffer.getvalue()
+
+
+REFERENCE = {f"ref/{cls}/{i}.png": image_bytes(i) for cls in ("cat", "dog") for i in range(3)}
+"""Two classes of three images each, under one wrapping folder."""
+
+
+# --- alerts (service/alert/) -----------------------------------------------------------------
 
 
 def estimate_result(
@@ -203,19 +248,31 @@ def estimate_result(
     *,
     baselines: dict[str, float | None] | None = None,
     embedding: dict[str, float | None] | None = None,
+    steps: int = 250,
 ) -> dict[str, Any]:
-    """An Estimate.result shaped like EstimateResult.to_dict(), with baselines and embedding."""
-    return {
-        "estimated_accuracy": accuracy,
-        "signal": "wf",
-        "weighted_flips": 0.1,
-        "baselines": baselines
+    """An Estimate.result as the worker stores it (`EstimateResult.to_dict()`)."""
+    return EstimateResult(
+        estimated_accuracy=accuracy,
+        signal="wf",
+        signal_value=10.0,
+        calibration="builtin",
+        calibration_mae=None,
+        weighted_flips=0.1,
+        signals={"wf": {steps: 10.0}},
+        baselines=baselines
         if baselines is not None
         else {"ac": 0.95, "doc": 0.93, "atc": 0.92, "atc_ne": None, "cot": 0.91},
-        "embedding": embedding
+        embedding=embedding
         if embedding is not None
         else {"frechet": 1.5, "silhouette": 0.4, "centroid_shift": None},
-    }
+        steps=steps,
+        probe_size=64,
+        num_images=1000,
+        seconds=1.0,
+        device="cpu",
+        used_fraction=1.0,
+        epsilon=0.0,
+    ).to_dict()
 
 
 def make_alert_rule(session: Session, *, stream: Stream, **overrides: Any) -> AlertRule:

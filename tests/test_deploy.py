@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from flipwatch.service.metrics import EXPORTED_METRICS
+from flipwatch.service.metrics.names import EXPORTED_METRICS
 
 yaml = pytest.importorskip("yaml")
 

@@ -1,6 +1,6 @@
 """How job ids reach a worker: Redis (Dramatiq) in production, a thread in embedded mode.
 
-Both dispatchers implement `flipwatch.service.dispatch.JobDispatcher`: the API calls
+Both dispatchers implement `flipwatch.service.core.dispatch.JobDispatcher`: the API calls
 `send(job_id)` after the transaction that created the job row committed. `configure_broker`
 is the only place that sets Dramatiq's global broker, and only the entry point calls it.
 """
@@ -18,7 +18,7 @@ import uuid
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
-from flipwatch.service.settings import Settings
+from flipwatch.service.core.settings import Settings
 from flipwatch.workers import jobs
 from flipwatch.workers.actors import run_job_message
 from flipwatch.workers.model_cache import ModelCache

@@ -18,9 +18,9 @@ from typing import Any
 import dramatiq
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 
-from flipwatch.service.db import make_engine, make_sessionmaker
-from flipwatch.service.dispatch import JobDispatcher
-from flipwatch.service.settings import Settings
+from flipwatch.service.core.db import make_engine, make_sessionmaker
+from flipwatch.service.core.dispatch import JobDispatcher
+from flipwatch.service.core.settings import Settings
 from flipwatch.workers import jobs
 from flipwatch.workers.actors import QUEUE_NAME, declare_actors
 from flipwatch.workers.broker import (

@@ -15,10 +15,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from flipwatch.service.auth import create_api_key
-from flipwatch.service.db import make_engine, make_sessionmaker, upgrade_database
-from flipwatch.service.models import ROLES, ApiKey, utcnow
-from flipwatch.service.settings import Settings
+from flipwatch.service.core.auth import create_api_key
+from flipwatch.service.core.db import make_engine, make_sessionmaker, upgrade_database
+from flipwatch.service.core.settings import Settings
+from flipwatch.service.core.tables import ROLES, ApiKey, utcnow
 
 log = logging.getLogger("flipwatch")
 

@@ -23,10 +23,11 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from flipwatch.service.db import make_engine, make_sessionmaker, upgrade_database
-from flipwatch.service.dispatch import JobDispatcher, NullDispatcher
-from flipwatch.service.models_registry import ModelCheck
-from flipwatch.service.settings import Settings
+from flipwatch.service.core.db import make_engine, make_sessionmaker, upgrade_database
+from flipwatch.service.core.dispatch import JobDispatcher, NullDispatcher
+from flipwatch.service.core.settings import Settings
+from flipwatch.service.core.storage import write_atomic
+from flipwatch.service.model.service import ModelCheck
 from flipwatch.workers.estimation.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -157,8 +158,8 @@ def ensure_admin_key_file(session_factory: sessionmaker[Session], path: Path) ->
 
     Returns (token, created). The file is the only copy of the plaintext: the database keeps a hash.
     """
-    from flipwatch.service.auth import authenticate, create_api_key
-    from flipwatch.service.errors import FlipwatchError
+    from flipwatch.service.core.auth import authenticate, create_api_key
+    from flipwatch.service.core.errors import FlipwatchError
 
     with session_factory() as session:
         if path.exists():
@@ -170,13 +171,7 @@ def ensure_admin_key_file(session_factory: sessionmaker[Session], path: Path) ->
                 log.warning("%s holds a revoked or unknown key; creating a new one", path)
         _key, token = create_api_key(session, role="admin", name="flipwatch serve (local admin)")
         session.commit()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(token + "\n")
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    write_atomic(path, (token + "\n").encode(), mode=0o600)
     return token, True
 
 

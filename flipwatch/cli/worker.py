@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flipwatch.cli.startup import ServerStack, apply_torch_threads, build_server
-from flipwatch.service.settings import Settings
+from flipwatch.service.core.settings import Settings
 
 
 def register(subparsers: Any) -> None:

@@ -9,9 +9,9 @@ trained on MNIST.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from flipwatch.service.core.storage import sha256_file, write_atomic
 from flipwatch.workers.estimation import zoo
 from flipwatch.workers.estimation.spec import InputSpec, ModelSpec, read_spec
 
@@ -289,10 +290,6 @@ def _recipe_tag() -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def demo_spec() -> ModelSpec:
     """The demo model's spec, weights relative to the spec file."""
     return ModelSpec(
@@ -311,17 +308,13 @@ def _cached(cache_dir: Path) -> tuple[ModelSpec, Path] | None:
     weights = cache_dir / DEMO_WEIGHTS_NAME
     try:
         meta = json.loads((cache_dir / DEMO_META_NAME).read_text())
-        if meta.get("recipe") != _recipe_tag() or meta.get("weights_sha256") != _sha256(weights):
+        if meta.get("recipe") != _recipe_tag() or meta.get("weights_sha256") != sha256_file(
+            weights
+        ):
             return None
         return read_spec(spec_path), spec_path
     except (OSError, ValueError):  # missing, unreadable or invalid: retrain
         return None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def ensure_demo_model(
@@ -363,17 +356,19 @@ def ensure_demo_model(
     )
     weights = cache_dir / DEMO_WEIGHTS_NAME
     spec_path = cache_dir / DEMO_SPEC_NAME
-    tmp = weights.with_name(f".{weights.name}.{os.getpid()}.tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, weights)
-    _write_atomic(spec_path, (demo_spec().model_dump_json(indent=2) + "\n").encode())
+    state = io.BytesIO()
+    torch.save(model.state_dict(), state)
+    write_atomic(weights, state.getvalue(), mode=0o644)
+    write_atomic(spec_path, (demo_spec().model_dump_json(indent=2) + "\n").encode(), mode=0o644)
     meta = {
         "recipe": _recipe_tag(),
-        "weights_sha256": _sha256(weights),
+        "weights_sha256": sha256_file(weights),
         "train_seconds": round(seconds, 2),
         "accuracy": acc,
     }
-    _write_atomic(cache_dir / DEMO_META_NAME, (json.dumps(meta, indent=2) + "\n").encode())
+    write_atomic(
+        cache_dir / DEMO_META_NAME, (json.dumps(meta, indent=2) + "\n").encode(), mode=0o644
+    )
     return read_spec(spec_path), spec_path
 
 

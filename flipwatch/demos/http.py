@@ -26,6 +26,7 @@ import torch
 from PIL import Image as PILImage
 from torch import Tensor
 
+from flipwatch.service.core.storage import sha256_file
 from flipwatch.workers.estimation.spec import ModelSpec
 
 Log = Callable[[str], None]
@@ -186,7 +187,7 @@ def _calibrated_model(
             state = json.loads(state_path.read_text())
             model = client.model(state["model_id"])
             calibration = client.calibration(state["calibration_id"])
-            digest = _sha256(weights)
+            digest = sha256_file(weights)
             if (
                 model["weights_sha256"] == digest
                 and calibration["state"] == "succeeded"
@@ -230,12 +231,6 @@ def _calibrated_model(
         + "\n"
     )
     return model["id"], calibration
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def demo_windows(window: int, seed: int = 0) -> list[tuple[str, Tensor, Tensor]]:

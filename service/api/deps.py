@@ -15,10 +15,16 @@ from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from flipwatch.service.auth import ADMIN_ROLES, INGEST_ROLES, READ_ROLES, authenticate, check_role
-from flipwatch.service.dispatch import JobDispatcher
-from flipwatch.service.models import ApiKey
-from flipwatch.service.settings import Settings
+from flipwatch.service.core.auth import (
+    ADMIN_ROLES,
+    INGEST_ROLES,
+    READ_ROLES,
+    authenticate,
+    check_role,
+)
+from flipwatch.service.core.dispatch import JobDispatcher
+from flipwatch.service.core.settings import Settings
+from flipwatch.service.core.tables import ApiKey
 
 log = logging.getLogger(__name__)
 

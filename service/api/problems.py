@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from flipwatch.service.errors import FlipwatchError
+from flipwatch.service.core.errors import FlipwatchError
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def register_problem_handlers(app: FastAPI) -> None:
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """`responses=` entries documenting problem bodies for these statuses."""
-    from flipwatch.service.schemas import Problem
+    from flipwatch.service.api.schemas import Problem
 
     return {
         status: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}, "description": "Problem"}

@@ -20,7 +20,7 @@ def test_readyz_checks_database_and_embedded_broker(client):
 
 
 def test_readyz_is_503_problem_when_broker_is_down(settings, engine):
-    from flipwatch.service.db import make_sessionmaker
+    from flipwatch.service.core.db import make_sessionmaker
 
     def down() -> None:
         raise ConnectionError("connection refused")
@@ -71,10 +71,10 @@ def test_openapi_documents_every_route_with_security_and_problems(client):
 def test_embedded_sqlite_commits_before_dispatch(tmp_path):
     """The production session path (no test override) on the embedded SQLite default: the job row
     is committed and visible to another connection when the dispatcher receives its id."""
-    from flipwatch.service.auth import create_api_key
-    from flipwatch.service.db import make_engine, make_sessionmaker, upgrade_database
-    from flipwatch.service.models import Job
-    from flipwatch.service.settings import Settings
+    from flipwatch.service.core.auth import create_api_key
+    from flipwatch.service.core.db import make_engine, make_sessionmaker, upgrade_database
+    from flipwatch.service.core.settings import Settings
+    from flipwatch.service.core.tables import Job
     from tests.factories import files, image_bytes, make_stream
 
     settings = Settings(data_dir=tmp_path / "data", database_url=None, redis_url=None)
@@ -107,8 +107,8 @@ def test_embedded_sqlite_commits_before_dispatch(tmp_path):
 
 
 def test_bootstrap_admin_key_is_created_at_start(tmp_path):
-    from flipwatch.service.db import upgrade_database
-    from flipwatch.service.settings import Settings
+    from flipwatch.service.core.db import upgrade_database
+    from flipwatch.service.core.settings import Settings
 
     token = "bootstrap-" + "x" * 40
     settings = Settings(
@@ -125,7 +125,7 @@ def test_settings_refuse_placeholder_bootstrap_key_outside_dev():
     import pytest
     from pydantic import ValidationError
 
-    from flipwatch.service.settings import Settings
+    from flipwatch.service.core.settings import Settings
 
     with pytest.raises(ValidationError, match="placeholder"):
         Settings(environment="prod", bootstrap_admin_key="changethis")

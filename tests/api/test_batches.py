@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from flipwatch.service.models import Batch, Image, Job, Stream
+from flipwatch.service.core.tables import Batch, Image, Job, Stream
 from tests.conftest import bearer
 from tests.factories import (
     files,

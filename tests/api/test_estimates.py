@@ -7,7 +7,7 @@ import uuid
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from flipwatch.service.models import Job
+from flipwatch.service.core.tables import Job
 from tests.conftest import bearer
 from tests.factories import files, image_bytes, make_estimate, make_job, make_model, make_stream
 

@@ -12,9 +12,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from flipwatch.service.metrics import EXPORTED_METRICS, STREAM_LABELS, ApiMetrics
-from flipwatch.service.models import JOB_STATES, Estimate
-from flipwatch.service.settings import Settings
+from flipwatch.service.core.settings import Settings
+from flipwatch.service.core.tables import JOB_STATES, Estimate
+from flipwatch.service.metrics.http import ApiMetrics
+from flipwatch.service.metrics.names import EXPORTED_METRICS, STREAM_LABELS
 from tests.conftest import bearer
 from tests.factories import (
     estimate_result,
@@ -247,7 +248,7 @@ def test_http_metrics_use_the_route_template(session, scrape, client, admin_toke
 
 
 def test_each_app_has_its_own_registry(settings, engine):
-    from flipwatch.service.db import make_sessionmaker
+    from flipwatch.service.core.db import make_sessionmaker
     from flipwatch.service.main import create_app
 
     first = create_app(settings, session_factory=make_sessionmaker(engine))

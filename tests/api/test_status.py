@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from flipwatch.service.alerts import evaluate_alerts
-from flipwatch.service.models import Estimate
-from flipwatch.service.settings import Settings
+from flipwatch.service.alert.evaluation import evaluate_alerts
+from flipwatch.service.core.settings import Settings
+from flipwatch.service.core.tables import Estimate
 from tests.conftest import bearer
 from tests.factories import (
     estimate_result,

@@ -18,7 +18,7 @@ import redis
 
 from flipwatch.demos.data import DemoSplits, demo_splits, ensure_demo_model
 from flipwatch.demos.http import FlipwatchClient, reference_zip
-from flipwatch.service.settings import Settings
+from flipwatch.service.core.settings import Settings
 from flipwatch.workers.estimation.spec import ModelSpec
 from flipwatch.workers.estimation.variants import make_variant
 from flipwatch.workers.jobs import CalibrationSuite

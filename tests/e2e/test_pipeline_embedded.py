@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from flipwatch.cli.startup import ADMIN_KEY_FILE, ServerStack, build_server
 from flipwatch.demos.http import FlipwatchClient
-from flipwatch.service.models import Estimate
+from flipwatch.service.core.tables import Estimate
 from flipwatch.workers.broker import InProcessWorker
 from tests.e2e.conftest import E2E_SUITE, E2E_WINDOW, Pipeline, e2e_settings
 

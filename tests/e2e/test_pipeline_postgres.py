@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from flipwatch.cli.startup import ServerStack, build_server, free_port
 from flipwatch.demos.http import FlipwatchClient
-from flipwatch.service.models import Calibration, Estimate, Job
+from flipwatch.service.core.tables import Calibration, Estimate, Job
 from flipwatch.workers.estimation.spec import ModelSpec
 from flipwatch.workers.main import WorkerProcess
 from tests.conftest import truncate_all
@@ -66,7 +66,7 @@ def stack(
 
 
 def admin_client(http: httpx.Client, server: ServerStack) -> FlipwatchClient:
-    from flipwatch.service.auth import create_api_key
+    from flipwatch.service.core.auth import create_api_key
 
     with server.session_factory() as session:
         _, token = create_api_key(session, role="admin", name="e2e")

@@ -18,11 +18,11 @@ import pytest
 import uvicorn
 from sqlalchemy import Engine, select
 
-from flipwatch.service.alerts import evaluate_alerts
-from flipwatch.service.db import make_sessionmaker
+from flipwatch.service.alert.evaluation import evaluate_alerts
+from flipwatch.service.core.db import make_sessionmaker
+from flipwatch.service.core.settings import Settings
+from flipwatch.service.core.tables import Estimate
 from flipwatch.service.main import create_app
-from flipwatch.service.models import Estimate
-from flipwatch.service.settings import Settings
 from tests.conftest import truncate_all
 from tests.factories import (
     estimate_result,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from flipwatch.service.db import upgrade_database
-from flipwatch.service.settings import Settings
+from flipwatch.service.core.db import upgrade_database
+from flipwatch.service.core.settings import Settings
 from tests.conftest import create_database, drop_database
 from tests.faults.deployment import Deployment, save_tiny_imagenet_weights
 from tests.faults.harness import PostgresCluster, RedisServer, postgres_bin_dir

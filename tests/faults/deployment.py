@@ -23,7 +23,7 @@ from PIL import Image as PILImage
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import Engine
 
-from flipwatch.service.models import Batch, Estimate, Image, Job, Stream
+from flipwatch.service.core.tables import Batch, Estimate, Image, Job, Stream
 from tests.faults.harness import RedisServer, Service, free_port, service_env, wait_until
 from tests.tiny_models import blob_images, confident_tiny
 

@@ -10,7 +10,7 @@ from alembic import command
 from sqlalchemy import create_engine, inspect
 
 from flipwatch.cli.api import run_migrate
-from flipwatch.service.db import Base, alembic_config
+from flipwatch.service.core.db import Base, alembic_config
 from tests.conftest import create_database, drop_database
 
 

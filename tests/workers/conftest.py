@@ -14,8 +14,8 @@ import torch
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from flipwatch.service.db import make_sessionmaker
-from flipwatch.service.settings import Settings
+from flipwatch.service.core.db import make_sessionmaker
+from flipwatch.service.core.settings import Settings
 from tests.conftest import truncate_all
 from tests.factories import TINY_SPEC
 from tests.tiny_models import blob_images as window_images

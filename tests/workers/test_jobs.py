@@ -20,9 +20,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from flipwatch.demos.data import write_image_folder
-from flipwatch.service import storage
-from flipwatch.service.jobs import create_calibration_job
-from flipwatch.service.models import (
+from flipwatch.service.core import storage
+from flipwatch.service.core.settings import Settings
+from flipwatch.service.core.tables import (
     AlertEvent,
     Batch,
     Calibration,
@@ -33,7 +33,7 @@ from flipwatch.service.models import (
     Stream,
     utcnow,
 )
-from flipwatch.service.settings import Settings
+from flipwatch.service.job.service import create_calibration_job
 from flipwatch.workers import jobs
 from flipwatch.workers.model_cache import ModelCache
 from tests.factories import (

@@ -13,8 +13,8 @@ from typing import Any
 
 from sqlalchemy import update
 
-from flipwatch.service.models import Calibration, Job, Model, utcnow
-from flipwatch.service.settings import Settings
+from flipwatch.service.core.settings import Settings
+from flipwatch.service.core.tables import Calibration, Job, Model, utcnow
 from flipwatch.workers.jobs.failures import UserError
 from flipwatch.workers.jobs.lifecycle import (
     Claim,

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from flipwatch.service.alerts import evaluate_alerts
-from flipwatch.service.calibrations import latest_calibration
-from flipwatch.service.models import Estimate, Image, Job, Model, Stream, utcnow
-from flipwatch.service.settings import Settings
+from flipwatch.service.alert.evaluation import evaluate_alerts
+from flipwatch.service.calibration.service import latest_calibration
+from flipwatch.service.core.settings import Settings
+from flipwatch.service.core.tables import Estimate, Image, Job, Model, Stream, utcnow
 from flipwatch.workers.jobs.failures import UserError
 from flipwatch.workers.jobs.lifecycle import (
     Claim,

@@ -16,7 +16,7 @@ import uuid
 
 from sqlalchemy import select
 
-from flipwatch.service.models import Job
+from flipwatch.service.core.tables import Job
 from flipwatch.workers.jobs.lifecycle import (
     Claim,
     SessionFactory,

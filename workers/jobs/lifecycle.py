@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from flipwatch.service.models import Calibration, Job, utcnow
+from flipwatch.service.core.tables import Calibration, Job, utcnow
 
 log = logging.getLogger(__name__)
 

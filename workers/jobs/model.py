@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from flipwatch.service.models import Model
-from flipwatch.service.settings import Settings
+from flipwatch.service.core.settings import Settings
+from flipwatch.service.core.tables import Model
 from flipwatch.workers.jobs.lifecycle import JobMetrics
 from flipwatch.workers.model_cache import ModelCache, ModelKey
 

@@ -15,7 +15,7 @@ from datetime import timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from flipwatch.service.models import Job, utcnow
+from flipwatch.service.core.tables import Job, utcnow
 from flipwatch.workers.jobs.lifecycle import (
     SessionFactory,
     mark_failed,

@@ -9,7 +9,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from flipwatch.service.settings import Settings
+from flipwatch.service.core.settings import Settings
 from flipwatch.workers.jobs.calibrate import CalibrationSuite, run_calibrate
 from flipwatch.workers.jobs.estimate import run_estimate
 from flipwatch.workers.jobs.failures import (

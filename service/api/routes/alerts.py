@@ -7,18 +7,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
 
-from flipwatch.service import alerts
-from flipwatch.service.api.deps import AdminKey, ReadKey, SessionDep, StreamID
-from flipwatch.service.api.problems import problem_responses
-from flipwatch.service.pagination import Cursor
-from flipwatch.service.schemas import (
+from flipwatch.service.alert import service as alerts
+from flipwatch.service.alert.schemas import (
     AlertEventRead,
     AlertRuleCreate,
     AlertRuleRead,
     AlertRuleUpdate,
-    Page,
-    page_of,
 )
+from flipwatch.service.api.deps import AdminKey, ReadKey, SessionDep, StreamID
+from flipwatch.service.api.problems import problem_responses
+from flipwatch.service.core.pagination import Cursor, Page, page_of
 
 router = APIRouter(prefix="/v1/streams/{stream_id}", tags=["alerts"])
 

@@ -17,10 +17,9 @@ from starlette.formparsers import MultiPartException
 
 from flipwatch.service.api.deps import IngestKey, OutboxDep, SessionDep, SettingsDep, StreamID
 from flipwatch.service.api.problems import problem_responses
-from flipwatch.service.errors import BatchTooLarge, Invalid, MalformedRequest
-from flipwatch.service.ingest import Upload, ingest_batch
-from flipwatch.service.models import Batch, Job, Stream
-from flipwatch.service.schemas import BatchAccepted, JobLink, WindowFill, job_url
+from flipwatch.service.batch.schemas import BatchAccepted
+from flipwatch.service.batch.service import Upload, ingest_batch
+from flipwatch.service.core.errors import BatchTooLarge, Invalid, MalformedRequest
 
 router = APIRouter(prefix="/v1/streams", tags=["batches"])
 
@@ -47,23 +46,6 @@ MULTIPART_BODY: dict[str, Any] = {
         },
     }
 }
-
-
-def _build_response(
-    batch: Batch, stream: Stream, jobs: list[Job], notices: list[str]
-) -> dict[str, Any]:
-    return BatchAccepted(
-        batch_id=batch.id,
-        stream_id=stream.id,
-        image_count=batch.image_count,
-        images_total=stream.images_total,
-        window=WindowFill(
-            index=stream.current_window_index, fill=stream.window_fill, size=stream.window_size
-        ),
-        job_url=job_url(jobs[-1].id) if jobs else None,
-        jobs=[JobLink(id=j.id, window_index=j.window_index, url=job_url(j.id)) for j in jobs],
-        notices=notices,
-    ).model_dump(mode="json")
 
 
 @router.post(
@@ -101,13 +83,12 @@ async def create_batch(
         api_key=key,
         uploads=uploads,
         idempotency_key=idempotency_key,
-        build_response=_build_response,
     )
     outbox.add(*(job.id for job in result.jobs))
     headers = {"Location": f"/v1/streams/{stream_id}"}
     if result.replayed:
         headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(result.batch.response, status_code=202, headers=headers)
+    return JSONResponse(result.accepted.model_dump(mode="json"), status_code=202, headers=headers)
 
 
 async def _read_uploads(

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, UploadFile, status
 
-from flipwatch.service import calibrations
 from flipwatch.service.api.deps import (
     AdminKey,
     CalibrationID,
@@ -19,13 +16,10 @@ from flipwatch.service.api.deps import (
     SettingsDep,
 )
 from flipwatch.service.api.problems import problem_responses
-from flipwatch.service.errors import PayloadTooLarge
-from flipwatch.service.models_registry import get_model
-from flipwatch.service.schemas import CalibrationOptions, CalibrationRead
+from flipwatch.service.calibration import service as calibrations
+from flipwatch.service.calibration.schemas import CalibrationOptions, CalibrationRead
 
 router = APIRouter(tags=["calibrations"])
-
-CHUNK = 1 << 20
 
 
 @router.post(
@@ -57,27 +51,14 @@ def create_calibration(
 ) -> CalibrationRead:
     """Queue a calibration from a labeled reference set; poll the job or the calibration."""
     options = CalibrationOptions.parse_form(steps=steps, families=families, severities=severities)
-    model = get_model(session, model_id)
-    tmp_dir = Path(settings.data_dir).resolve() / "tmp"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=tmp_dir, prefix="archive-") as spooled:
-        size = 0
-        while chunk := archive.file.read(CHUNK):
-            size += len(chunk)
-            if size > settings.max_archive_bytes:
-                raise PayloadTooLarge(
-                    f"{archive.filename!r} is over the limit of {settings.max_archive_bytes} bytes"
-                )
-            spooled.write(chunk)
-        spooled.flush()
-        calibration, job = calibrations.start_calibration(
-            session,
-            settings=settings,
-            model=model,
-            archive_path=Path(spooled.name),
-            filename=archive.filename or "archive",
-            options=options,
-        )
+    calibration, job = calibrations.start_calibration(
+        session,
+        settings=settings,
+        model_id=model_id,
+        archive=archive.file,
+        filename=archive.filename or "archive",
+        options=options,
+    )
     outbox.add(job.id)
     response.headers["Location"] = f"/v1/calibrations/{calibration.id}"
     return CalibrationRead.of(calibration)

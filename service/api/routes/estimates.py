@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from flipwatch.service import estimates, streams
 from flipwatch.service.api.deps import (
     EstimateID,
     IngestKey,
@@ -16,8 +15,10 @@ from flipwatch.service.api.deps import (
     StreamID,
 )
 from flipwatch.service.api.problems import problem_responses
-from flipwatch.service.pagination import Cursor
-from flipwatch.service.schemas import EstimateRead, JobRead, Page, job_url, page_of
+from flipwatch.service.core.pagination import Cursor, Page, page_of
+from flipwatch.service.estimate import service as estimates
+from flipwatch.service.estimate.schemas import EstimateRead
+from flipwatch.service.job.schemas import JobRead, job_url
 
 router = APIRouter(tags=["estimates"])
 
@@ -36,7 +37,7 @@ def create_estimate(
     stream_id: StreamID,
 ) -> JobRead:
     """Queue an estimate over the current window (closing it early); 409 under 64 images."""
-    job, _stream = streams.request_estimate(session, stream_id)
+    job, _stream = estimates.request_estimate(session, stream_id)
     outbox.add(job.id)
     response.headers["Location"] = job_url(job.id)
     return JobRead.of(job)

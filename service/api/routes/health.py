@@ -7,8 +7,8 @@ from sqlalchemy import text
 
 from flipwatch.service.api.deps import SessionDep
 from flipwatch.service.api.problems import problem_responses
-from flipwatch.service.errors import NotReady
-from flipwatch.service.schemas import Health, Readiness
+from flipwatch.service.api.schemas import Health, Readiness
+from flipwatch.service.core.errors import NotReady
 
 router = APIRouter(tags=["health"])
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from flipwatch.service import jobs
 from flipwatch.service.api.deps import JobID, ReadKey, SessionDep
 from flipwatch.service.api.problems import problem_responses
-from flipwatch.service.schemas import JobRead
+from flipwatch.service.job import service as jobs
+from flipwatch.service.job.schemas import JobRead
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 
-from flipwatch.service import models_registry
 from flipwatch.service.api.deps import AdminKey, ModelID, ReadKey, SessionDep, SettingsDep
 from flipwatch.service.api.problems import problem_responses
-from flipwatch.service.pagination import Cursor
-from flipwatch.service.schemas import ModelRead, Page, page_of
+from flipwatch.service.core.pagination import Cursor, Page, page_of
+from flipwatch.service.model import service as models
+from flipwatch.service.model.schemas import ModelRead
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -43,7 +43,7 @@ def create_model(
     ],
 ) -> ModelRead:
     """Register a model version: it must load and have BatchNorm layers (422 otherwise)."""
-    model = models_registry.register_model(
+    model = models.register_model(
         session,
         settings=settings,
         spec_json=spec,
@@ -63,7 +63,7 @@ def list_models(
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
 ) -> Page[ModelRead]:
     """Models, newest first."""
-    rows, next_cursor = models_registry.list_models(
+    rows, next_cursor = models.list_models(
         session, limit=limit, cursor=Cursor.decode(cursor) if cursor else None, name=name
     )
     return page_of(ModelRead, rows, next_cursor)
@@ -71,4 +71,4 @@ def list_models(
 
 @router.get("/{model_id}", response_model=ModelRead, responses=problem_responses(401, 403, 404))
 def read_model(session: SessionDep, _key: ReadKey, model_id: ModelID) -> ModelRead:
-    return ModelRead.model_validate(models_registry.get_model(session, model_id))
+    return ModelRead.model_validate(models.get_model(session, model_id))

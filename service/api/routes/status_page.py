@@ -1,5 +1,5 @@
 """The status page for people without Grafana: GET / (server-rendered HTML) and its data,
-GET /v1/status (JSON, fetched by service/static/status.js to draw the charts).
+GET /v1/status (JSON, fetched by service/status/static/status.js to draw the charts).
 
 Access: with `FLIPWATCH_PUBLIC_STATUS_PAGE` true (the default in dev) both are open. Otherwise
 they need a key with the read role: an `Authorization: Bearer` header, or the `flipwatch_key`
@@ -13,7 +13,6 @@ import hashlib
 from datetime import datetime
 from functools import cache
 from html import escape
-from importlib.resources import files
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Query, Request, Response, status
@@ -22,10 +21,10 @@ from sqlalchemy.orm import Session
 
 from flipwatch.service.api.deps import SessionDep, SettingsDep
 from flipwatch.service.api.problems import problem_responses
-from flipwatch.service.auth import READ_ROLES, authenticate, check_role
-from flipwatch.service.errors import NotAuthenticated, PermissionDenied
-from flipwatch.service.schemas import StatusRead, StatusStream
-from flipwatch.service.status import read_status
+from flipwatch.service.core.auth import READ_ROLES, authenticate, check_role
+from flipwatch.service.core.errors import NotAuthenticated, PermissionDenied
+from flipwatch.service.status.schemas import StatusRead, StatusStream
+from flipwatch.service.status.service import STATUS_FILES, read_status
 
 router = APIRouter(tags=["status"])
 
@@ -121,7 +120,7 @@ def _html(body: str, *, status_code: int = 200) -> HTMLResponse:
 
 @cache
 def _template(name: str) -> str:
-    return files("flipwatch.service").joinpath("templates", name).read_text(encoding="utf-8")
+    return STATUS_FILES.joinpath("templates", name).read_text(encoding="utf-8")
 
 
 @cache
@@ -129,7 +128,7 @@ def _static_version() -> str:
     """Changes when the static files do, so browsers never keep a stale script."""
     digest = hashlib.sha256()
     for name in ("status.js", "status.css"):
-        digest.update(files("flipwatch.service").joinpath("static", name).read_bytes())
+        digest.update(STATUS_FILES.joinpath("static", name).read_bytes())
     return digest.hexdigest()[:12]
 
 

@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from flipwatch.service import streams
 from flipwatch.service.api.deps import AdminKey, ReadKey, SessionDep, SettingsDep, StreamID
 from flipwatch.service.api.problems import problem_responses
-from flipwatch.service.pagination import Cursor
-from flipwatch.service.schemas import Page, StreamCreate, StreamRead, page_of
+from flipwatch.service.core.pagination import Cursor, Page, page_of
+from flipwatch.service.stream import service as streams
+from flipwatch.service.stream.schemas import StreamCreate, StreamRead
 
 router = APIRouter(prefix="/v1/streams", tags=["streams"])
 

@@ -1,0 +1,146 @@
+"""flipwatch configuration: one Settings object, read from FLIPWATCH_* environment variables.
+
+Built once by the entry point (`flipwatch/cli/`) and passed to `create_app`, the worker and
+`migrations/env.py`; no other module reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+PLACEHOLDER_SECRETS = frozenset({"changethis", "changeme", "secret", "admin", "password"})
+
+
+class Settings(BaseSettings):
+    """Every knob of the service, API and worker alike."""
+
+    model_config = SettingsConfigDict(env_prefix="FLIPWATCH_", extra="ignore")
+
+    environment: Literal["dev", "prod"] = "dev"
+    data_dir: Path = Field(default=Path(".flipwatch"), description="Images, weights, SQLite file.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; unset means SQLite in data_dir (embedded mode)."
+    )
+    redis_url: str | None = Field(
+        default=None, description="Dramatiq broker; unset means embedded mode (no Redis)."
+    )
+    device: str = "auto"
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU threads for the estimator (default: torch's, one per core). Small "
+        "models or shared CPUs run much faster with 1 (OpenMP oversubscription).",
+    )
+
+    # Ingest limits (per file, per batch, decompression-bomb guard).
+    max_file_bytes: int = Field(default=10 * MiB, ge=1)
+    max_batch_files: int = Field(default=512, ge=1)
+    max_batch_bytes: int = Field(default=200 * MiB, ge=1)
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
+
+    # Calibration archive limits (zip/tar of an ImageFolder tree).
+    max_archive_entries: int = Field(default=100_000, ge=1)
+    max_archive_bytes: int = Field(default=2 * GiB, ge=1)
+
+    # Stream window policy defaults.
+    default_window_size: int = Field(default=1000, ge=64)
+    default_steps: int = Field(default=250, ge=1)
+
+    # Calibration suite: corruption families (unset: all 17) x severities, plus a mix per family.
+    # A full suite is ~100 trajectories; a CPU-only deployment may want fewer families.
+    calibration_families: list[str] | None = Field(
+        default=None, description='JSON list, e.g. ["gaussian_noise","contrast","fog"]'
+    )
+    calibration_severities: list[int] = Field(default=[1, 2, 3, 4, 5], min_length=1)
+    calibration_processes: int = Field(
+        default=1,
+        ge=1,
+        description="CPU only: measure calibration variants in this many single-threaded "
+        "processes (about linear speed-up for small models). CUDA workers ignore it.",
+    )
+
+    model_builders: dict[str, str] = Field(
+        default_factory=dict,
+        description='JSON object of extra `entrypoint` builders, name -> "module:function", e.g. '
+        '{"my_resnet": "mypkg.nets:build"}. Only this setting is ever imported; a registered '
+        "spec names a builder. The zoo's (mnist_cnn, tiny, efficientnet_lite0) are always there.",
+    )
+
+    bootstrap_admin_key: str | None = Field(
+        default=None,
+        description="An admin token accepted at start-up (created if missing); for first contact.",
+    )
+
+    # The status page at GET / (and its data, GET /v1/status).
+    public_status_page: bool | None = Field(
+        default=None,
+        description="Serve the status page without an API key; unset means true in dev, "
+        "false in prod (then a read key is needed: ?key=, cookie or bearer header).",
+    )
+
+    # Alert webhooks (service/alert/webhooks.py): an outbox delivered by an API process thread.
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    webhook_max_attempts: int = Field(default=8, ge=1, le=100)
+    webhook_backoff_seconds: float = Field(
+        default=2.0, ge=0, description="First retry delay; doubles per attempt."
+    )
+    webhook_backoff_max_seconds: float = Field(default=600.0, ge=0)
+    webhook_poll_seconds: float = Field(
+        default=2.0, ge=0, description="How often the API looks for due webhooks; 0 turns it off."
+    )
+    webhook_secret: str | None = Field(
+        default=None,
+        description="Signs webhook bodies: X-Flipwatch-Signature: sha256=<hex HMAC of the body>.",
+    )
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> Settings:
+        key = self.bootstrap_admin_key
+        if self.environment != "dev" and key is not None:
+            if key.lower() in PLACEHOLDER_SECRETS or len(key) < 32:
+                raise ValueError(
+                    "FLIPWATCH_BOOTSTRAP_ADMIN_KEY is a placeholder or shorter than 32 characters; "
+                    "generate one with `flipwatch api-key create --role admin` instead"
+                )
+        secret = self.webhook_secret
+        if self.environment != "dev" and secret is not None:
+            if secret.lower() in PLACEHOLDER_SECRETS or len(secret) < 32:
+                raise ValueError(
+                    "FLIPWATCH_WEBHOOK_SECRET is a placeholder or shorter than 32 characters; "
+                    "generate one with `python -c 'import secrets; print(secrets.token_hex(32))'`"
+                )
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        """The URL actually used: FLIPWATCH_DATABASE_URL, or SQLite under data_dir."""
+        if self.database_url:
+            return normalize_database_url(self.database_url)
+        return f"sqlite:///{self.data_dir / 'flipwatch.db'}"
+
+    @property
+    def status_page_is_public(self) -> bool:
+        """FLIPWATCH_PUBLIC_STATUS_PAGE when set; else public in dev only."""
+        if self.public_status_page is not None:
+            return self.public_status_page
+        return self.environment == "dev"
+
+    @property
+    def embedded(self) -> bool:
+        """True when no Redis is configured: jobs run in-process."""
+        return self.redis_url is None
+
+
+def normalize_database_url(url: str) -> str:
+    """Make plain `postgresql://` URLs use psycopg 3 (the only Postgres driver installed)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url

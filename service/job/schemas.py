@@ -1,0 +1,83 @@
+"""Job bodies: `JobRead` (state, attempts, progress, links) and the link a batch answer carries."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from flipwatch.service.core.tables import Job
+from flipwatch.service.job.service import progress_fraction
+
+
+def job_url(job_id: uuid.UUID) -> str:
+    return f"/v1/jobs/{job_id}"
+
+
+class JobLink(BaseModel):
+    id: uuid.UUID
+    window_index: int | None
+    url: str
+
+
+class JobProgress(BaseModel):
+    steps_done: int
+    steps_total: int
+    fraction: float
+
+
+class JobRead(BaseModel):
+    id: uuid.UUID
+    kind: Literal["estimate", "calibrate"]
+    state: Literal["queued", "running", "succeeded", "failed"]
+    attempts: int
+    max_attempts: int
+    progress: JobProgress
+    stream_id: uuid.UUID | None
+    model_id: uuid.UUID
+    window_index: int | None
+    calibration_id: uuid.UUID | None
+    error: str | None
+    worker: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    estimate_id: uuid.UUID | None = None
+    links: dict[str, str] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, job: Job, *, estimate_id: uuid.UUID | None = None) -> JobRead:
+        links = {"self": job_url(job.id)}
+        if estimate_id is not None:
+            links["estimate"] = f"/v1/estimates/{estimate_id}"
+        if job.calibration_id is not None:
+            links["calibration"] = f"/v1/calibrations/{job.calibration_id}"
+        if job.stream_id is not None:
+            links["stream"] = f"/v1/streams/{job.stream_id}"
+        return cls(
+            id=job.id,
+            kind=job.kind,  # type: ignore[arg-type]
+            state=job.state,  # type: ignore[arg-type]
+            attempts=job.attempts,
+            max_attempts=job.max_attempts,
+            progress=JobProgress(
+                steps_done=job.steps_done,
+                steps_total=job.steps_total or 0,
+                fraction=progress_fraction(job),
+            ),
+            stream_id=job.stream_id,
+            model_id=job.model_id,
+            window_index=job.window_index,
+            calibration_id=job.calibration_id,
+            error=job.error,
+            worker=job.worker,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            heartbeat_at=job.heartbeat_at,
+            estimate_id=estimate_id,
+            links=links,
+        )

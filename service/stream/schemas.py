@@ -1,0 +1,56 @@
+"""Stream bodies: `StreamCreate`, `StreamRead` and the open window's fill."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+StreamName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        examples=["checkout-camera-3"],
+    ),
+]
+
+
+class StreamCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: StreamName
+    model_id: uuid.UUID
+    window_size: int | None = Field(
+        default=None, ge=64, le=1_000_000, description="Images per estimate (default 1000)."
+    )
+    steps: int | None = Field(
+        default=None, ge=1, le=100_000, description="Adaptation steps per estimate (default 250)."
+    )
+    auto_estimate: bool = Field(
+        default=True, description="Queue an estimate whenever a window fills."
+    )
+
+
+class StreamRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    model_id: uuid.UUID
+    window_size: int
+    steps: int
+    auto_estimate: bool
+    images_total: int
+    current_window_index: int
+    window_fill: int = Field(description="Images in the open window.")
+    created_at: datetime
+
+
+class WindowFill(BaseModel):
+    index: int
+    fill: int
+    size: int
