@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flipwatch.service.core.errors import FlipwatchError
@@ -99,6 +99,43 @@ async def _integrity_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """The database is down or unreachable (connection refused, reset, timed out): 503 with
+    Retry-After. Once it is back, the pool's pre-ping replaces dead connections; no restart."""
+    assert isinstance(exc, DBAPIError)
+    if isinstance(exc, DataError):
+        return await _data_error(request, exc)
+    if not (exc.connection_invalidated or _is_unavailable(exc)):
+        return await _unexpected_error(request, exc)
+    log.warning("database unavailable: %s", exc.orig)
+    retry_after = request.app.state.settings.retry_after_seconds
+    return problem_response(
+        status=503,
+        code="database-unavailable",
+        title="Database unavailable",
+        detail="the database cannot be reached right now; retry after the Retry-After delay",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def _is_unavailable(exc: DBAPIError) -> bool:
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    return isinstance(exc, (OperationalError, InterfaceError))
+
+
+async def _data_error(_: Request, exc: Exception) -> JSONResponse:
+    # Text the database cannot store (a NUL byte, out-of-range numbers) that validation missed.
+    log.warning("data error: %s", exc)
+    return problem_response(
+        status=422,
+        code="invalid-data",
+        title="Invalid data",
+        detail="the database refused a value of this request (for example a NUL byte in a text "
+        "field or a number out of range); correct the request",
+    )
+
+
 async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return problem_response(
@@ -114,6 +151,7 @@ def register_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(IntegrityError, _integrity_error)
+    app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)
 
 

@@ -129,3 +129,29 @@ def test_settings_refuse_placeholder_bootstrap_key_outside_dev():
 
     with pytest.raises(ValidationError, match="placeholder"):
         Settings(environment="prod", bootstrap_admin_key="changethis")
+
+
+def test_database_down_is_503_with_retry_after_on_every_route(settings):
+    from flipwatch.cli.startup import free_port
+    from flipwatch.service.core.db import make_engine, make_sessionmaker
+
+    down = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nowhere"  # nothing listens
+    engine = make_engine(settings, url=down)
+    app = create_app(settings, session_factory=make_sessionmaker(engine))
+    with TestClient(app) as client:
+        answers = [
+            client.get("/readyz"),
+            client.get("/v1/streams", headers={"Authorization": "Bearer fw_x"}),
+            client.post(
+                "/v1/streams/00000000-0000-0000-0000-000000000000/batches",
+                headers={"Authorization": "Bearer fw_x"},
+                files=[("images", ("a.png", b"x" * 100, "image/png"))],
+            ),
+        ]
+        assert client.get("/healthz").status_code == 200
+    engine.dispose()
+    for response in answers:
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["Retry-After"] == str(settings.retry_after_seconds)
+        assert response.json()["code"] == "database-unavailable"
