@@ -122,7 +122,12 @@ def build_server(
     if settings.embedded:
         from flipwatch.workers.broker import InProcessDispatcher, InProcessWorker
 
-        worker = InProcessWorker(session_factory, settings, calibration_suite=calibration_suite)
+        worker = InProcessWorker(
+            session_factory,
+            settings,
+            calibration_suite=calibration_suite,
+            heartbeat_interval=settings.job_heartbeat_seconds,
+        )
         dispatcher = InProcessDispatcher(worker)
     else:
         from flipwatch.workers.broker import DEFAULT_NAMESPACE, RedisDispatcher, configure_broker

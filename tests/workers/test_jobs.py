@@ -769,6 +769,33 @@ class TestReaper:
         assert sorted(first) == sorted([stale.id, lost.id])
         assert second == []
 
+    def test_reconcile_does_not_resend_jobs_whose_message_redis_still_holds(
+        self, session_factory: sessionmaker[Session]
+    ) -> None:
+        old = utcnow() - timedelta(seconds=100)
+        with session_factory() as session:
+            stream = make_stream(session)
+            waiting = make_job(session, stream=stream, created_at=old)
+            lost = make_job(session, stream=stream, window_index=1, created_at=old)
+            session.commit()
+
+        sent = jobs.reconcile_jobs(
+            session_factory, stale_after=30, lost_after=30, pending={waiting.id}
+        )
+
+        assert sent == [lost.id]
+
+    def test_default_timers_bring_a_lost_job_back_within_a_minute(self) -> None:
+        defaults = Settings()
+        worst_dead_worker = defaults.job_stale_seconds + defaults.reconcile_interval_seconds
+        worst_lost_message = defaults.job_lost_seconds + defaults.reconcile_interval_seconds
+        assert max(worst_dead_worker, worst_lost_message) <= 60
+        assert defaults.job_stale_seconds >= 3 * defaults.job_heartbeat_seconds
+
+    def test_stale_timeout_shorter_than_three_heartbeats_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="at least three heartbeats"):
+            Settings(job_heartbeat_seconds=10, job_stale_seconds=20)
+
     def test_embedded_start_requeues_everything_left_running(
         self, session_factory: sessionmaker[Session]
     ) -> None:
