@@ -30,12 +30,14 @@ from flipwatch.service.api.routes import (
     status_page,
     streams,
 )
+from flipwatch.service.core import staging
 from flipwatch.service.core.auth import ensure_api_key
 from flipwatch.service.core.db import make_engine, make_sessionmaker
 from flipwatch.service.core.dispatch import JobDispatcher, NullDispatcher
 from flipwatch.service.core.settings import Settings
 from flipwatch.service.metrics.http import ApiMetrics, MetricsMiddleware
 from flipwatch.service.model.service import ModelCheck
+from flipwatch.service.retention.service import MaintenanceThread
 from flipwatch.service.status.service import STATUS_FILES
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,12 @@ def create_app(
                     session, token=settings.bootstrap_admin_key, role="admin", name="bootstrap"
                 )
                 session.commit()
+        # Uploads a killed process left half-done: finished (committed) or deleted (not).
+        staging.sweep_incoming(
+            app.state.sessionmaker, settings.data_dir, grace_seconds=settings.orphan_grace_seconds
+        )
+        maintenance = MaintenanceThread(lambda: app.state.sessionmaker, settings)
+        maintenance.start()
         deliverer = None
         if settings.webhook_poll_seconds > 0:
             deliverer = WebhookDeliverer(lambda: app.state.sessionmaker, settings)
@@ -88,6 +96,7 @@ def create_app(
         try:
             yield
         finally:
+            maintenance.stop()
             if deliverer is not None:
                 deliverer.stop()
             if engine is not None:

@@ -245,7 +245,7 @@ class Deployment:
         stray = [
             str(p)
             for p in self.data_dir.rglob("*")
-            if p.is_file() and (p.name.startswith(".tmp-") or "incoming" in p.parts)
+            if p.is_file() and (p.name.endswith(".tmp") or {"incoming", "trash"} & set(p.parts))
         ]
         return Reconciliation(
             image_rows=len(paths),
