@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -165,6 +165,15 @@ class Settings(BaseSettings):
         description="JSON list of CIDRs webhooks may reach although they are loopback, private "
         'or link-local, e.g. ["10.20.0.0/16"]; by default only public addresses are allowed.',
     )
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _networks_are_cidrs(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for network in value:
+            ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+        return value
 
     @model_validator(mode="after")
     def _check_recovery_timers(self) -> Settings:

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 INCOMING = "incoming"
 _STAGED = "flipwatch_staged_files"
+_ROLLBACK_TREES = "flipwatch_rollback_trees"
 
 # Batch folders this process is writing now: never swept, whatever their age.
 _active: set[str] = set()
@@ -61,6 +62,26 @@ def stage_image(
     staged = storage.write_atomic(folder / final.name, data)
     _staged_files(session).append((staged, final))
     return final
+
+
+def remove_on_rollback(session: Session, folder: Path) -> None:
+    """Delete `folder` (written for this transaction, e.g. an extracted reference set) unless the
+    transaction commits, so a refused or failed request leaves nothing behind."""
+    trees = session.info.get(_ROLLBACK_TREES)
+    if trees is None:
+        trees = session.info[_ROLLBACK_TREES] = []
+        event.listen(session, "after_commit", lambda s: s.info[_ROLLBACK_TREES].clear())
+        event.listen(session, "after_transaction_end", _remove_trees_after_rollback)
+    trees.append(folder)
+
+
+def _remove_trees_after_rollback(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is not None:
+        return
+    trees = session.info.get(_ROLLBACK_TREES) or []
+    for folder in trees:
+        shutil.rmtree(folder, ignore_errors=True)
+    trees.clear()
 
 
 def _staged_files(session: Session) -> list[tuple[Path, Path]]:
