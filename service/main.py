@@ -17,11 +17,13 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
 
 from flipwatch.service.alert.webhooks import WebhookDeliverer
+from flipwatch.service.api.openapi import complete_openapi
 from flipwatch.service.api.problems import register_problem_handlers
 from flipwatch.service.api.routes import (
     alerts,
     batches,
     calibrations,
+    docs,
     estimates,
     health,
     jobs,
@@ -108,7 +110,12 @@ def create_app(
         summary="Label-free accuracy estimates for deployed image classifiers (Weighted Flips).",
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
+        # Served by routes/docs.py: public in dev, behind a key in prod.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
+    app.openapi = lambda: complete_openapi(app)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.sessionmaker = session_factory
     app.state.dispatcher = dispatcher or NullDispatcher()
@@ -121,6 +128,7 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     register_problem_handlers(app)
     for module in (
+        docs,
         health,
         metrics,
         status_page,

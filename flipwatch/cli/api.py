@@ -64,7 +64,15 @@ def run_api(args: argparse.Namespace) -> int:
         dispatcher=make_dispatcher(settings),
         model_check=estimator_model_check(settings),
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    from flipwatch.service.api.server import uvicorn_options
+
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        **uvicorn_options(settings),
+    )
     return 0
 
 

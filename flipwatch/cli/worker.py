@@ -59,6 +59,8 @@ def run_worker_command(args: argparse.Namespace) -> int:
 def run_serve_command(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from flipwatch.service.api.server import uvicorn_options
+
     _configure_logging(args.log_level)
     settings = Settings(**({"data_dir": args.data_dir} if args.data_dir else {}))
     apply_torch_threads(settings)
@@ -66,7 +68,13 @@ def run_serve_command(args: argparse.Namespace) -> int:
     try:
         if stack.admin_key_path is not None:
             _announce_admin_key(stack, host=args.host, port=args.port)
-        uvicorn.run(stack.app, host=args.host, port=args.port, log_level=args.log_level)
+        uvicorn.run(
+            stack.app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            **uvicorn_options(settings),
+        )
     finally:
         stack.close()
     return 0

@@ -7,6 +7,7 @@ constraint races are mapped here too, so nothing expected ever surfaces as a bar
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -74,8 +75,11 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request, headers.get("Allow", "")))
     title = {404: "Not found", 405: "Method not allowed", 400: "Bad request"}.get(
         exc.status_code, "HTTP error"
     )
@@ -84,8 +88,20 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
         code=title.lower().replace(" ", "-"),
         title=title,
         detail=str(exc.detail),
-        headers=getattr(exc, "headers", None),
+        headers=headers or None,
     )
+
+
+def allowed_methods(request: Request, fallback: str = "") -> list[str]:
+    """Every method the API documents at this path (Starlette names only the first route's)."""
+    path = request.url.path
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        if re.fullmatch(re.sub(r"\\{[^/}]+\\}", "[^/]+", re.escape(template)), path):
+            methods |= {m.upper() for m in operations}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods) or [m.strip() for m in fallback.split(",") if m.strip()]
 
 
 async def _integrity_error(_: Request, exc: Exception) -> JSONResponse:

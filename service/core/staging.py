@@ -65,8 +65,8 @@ def stage_image(
 
 
 def remove_on_rollback(session: Session, folder: Path) -> None:
-    """Delete `folder` (written for this transaction, e.g. an extracted reference set) unless the
-    transaction commits, so a refused or failed request leaves nothing behind."""
+    """Delete `folder` (or file) written for this transaction (an extracted reference set, new
+    weights) unless the transaction commits, so a refused or failed request leaves nothing."""
     trees = session.info.get(_ROLLBACK_TREES)
     if trees is None:
         trees = session.info[_ROLLBACK_TREES] = []
@@ -79,8 +79,11 @@ def _remove_trees_after_rollback(session: Session, transaction: SessionTransacti
     if transaction.parent is not None:
         return
     trees = session.info.get(_ROLLBACK_TREES) or []
-    for folder in trees:
-        shutil.rmtree(folder, ignore_errors=True)
+    for path in trees:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     trees.clear()
 
 

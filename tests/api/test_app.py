@@ -155,3 +155,38 @@ def test_database_down_is_503_with_retry_after_on_every_route(settings):
         assert response.headers["content-type"] == "application/problem+json"
         assert response.headers["Retry-After"] == str(settings.retry_after_seconds)
         assert response.json()["code"] == "database-unavailable"
+
+
+def test_docs_and_schema_need_a_key_in_prod(client, settings, read_token):
+    client.app.state.settings = settings.model_copy(update={"environment": "prod"})
+    token = read_token
+    if True:
+        for path in ("/openapi.json", "/docs", "/redoc"):
+            refused = client.get(path)
+            assert refused.status_code == 401, path
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert client.get(path, headers={"Authorization": f"Bearer {token}"}).is_success
+        assert client.get("/healthz").status_code == 200
+
+
+def test_every_documented_error_is_problem_json(client):
+    spec = client.get("/openapi.json").json()
+    checked = 0
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            if path != "/healthz":
+                assert "503" in responses, (method, path)
+            for code, response in responses.items():
+                if code[0] in "45":
+                    assert list(response["content"]) == ["application/problem+json"], (path, code)
+                    checked += 1
+    assert checked > 60
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+
+
+def test_a_wrong_method_is_405_with_allow(client):
+    response = client.delete("/v1/streams")
+    assert response.status_code == 405
+    assert response.headers["content-type"] == "application/problem+json"
+    assert set(response.headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD", "POST"}
