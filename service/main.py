@@ -17,12 +17,14 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
 
 from flipwatch.service.alert.webhooks import WebhookDeliverer
-from flipwatch.service.api.docs import add_offline_docs
+from flipwatch.service.api.docs import mount_docs_assets
+from flipwatch.service.api.openapi import complete_openapi
 from flipwatch.service.api.problems import register_problem_handlers
 from flipwatch.service.api.routes import (
     alerts,
     batches,
     calibrations,
+    docs,
     estimates,
     health,
     jobs,
@@ -32,6 +34,7 @@ from flipwatch.service.api.routes import (
     status_page,
     streams,
 )
+from flipwatch.service.core import staging
 from flipwatch.service.core.auth import ensure_api_key
 from flipwatch.service.core.db import make_engine, make_sessionmaker
 from flipwatch.service.core.dispatch import JobDispatcher, NullDispatcher
@@ -40,6 +43,7 @@ from flipwatch.service.core.settings import Settings
 from flipwatch.service.core.tracing import instrument_app, instrument_engine
 from flipwatch.service.metrics.http import ApiMetrics, MetricsMiddleware, serve_metrics
 from flipwatch.service.model.service import ModelCheck
+from flipwatch.service.retention.service import MaintenanceThread
 from flipwatch.service.status.service import STATUS_FILES
 
 log = logging.getLogger(__name__)
@@ -85,6 +89,12 @@ def create_app(
                     session, token=settings.bootstrap_admin_key, role="admin", name="bootstrap"
                 )
                 session.commit()
+        # Uploads a killed process left half-done: finished (committed) or deleted (not).
+        staging.sweep_incoming(
+            app.state.sessionmaker, settings.data_dir, grace_seconds=settings.orphan_grace_seconds
+        )
+        maintenance = MaintenanceThread(lambda: app.state.sessionmaker, settings)
+        maintenance.start()
         deliverer = None
         if settings.webhook_poll_seconds > 0:
             deliverer = WebhookDeliverer(lambda: app.state.sessionmaker, settings)
@@ -101,6 +111,7 @@ def create_app(
             if metrics_server is not None:
                 metrics_server.shutdown()
                 metrics_server.server_close()
+            maintenance.stop()
             if deliverer is not None:
                 deliverer.stop()
             if engine is not None:
@@ -112,10 +123,12 @@ def create_app(
         summary="Label-free accuracy estimates for deployed image classifiers (Weighted Flips).",
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
-        # FastAPI's own pages load Swagger UI and ReDoc from a CDN; add_offline_docs serves them.
+        # Served by routes/docs.py: public in dev, behind a key in prod.
         docs_url=None,
         redoc_url=None,
+        openapi_url=None,
     )
+    app.openapi = lambda: complete_openapi(app)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.sessionmaker = session_factory
     app.state.dispatcher = dispatcher or NullDispatcher()
@@ -133,6 +146,7 @@ def create_app(
     register_problem_handlers(app)
     # With FLIPWATCH_METRICS_PORT, /metrics is served only on that (internal) port.
     for module in (
+        docs,
         health,
         *((metrics,) if settings.metrics_port is None else ()),
         status_page,
@@ -146,7 +160,7 @@ def create_app(
         labels,
     ):
         app.include_router(module.router)
-    add_offline_docs(app)
+    mount_docs_assets(app)
     instrument_app(app)  # a no-op unless FLIPWATCH_OTEL_ENDPOINT configured tracing
     # The status page's script and styles, from the installed package.
     app.mount("/static", StaticFiles(directory=str(STATUS_FILES / "static")), name="static")

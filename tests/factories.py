@@ -341,3 +341,19 @@ def make_images(
     session.add_all(images)
     session.flush()
     return images
+
+
+def raw_multipart(
+    *parts: tuple[bytes, bytes], boundary: bytes = b"fwboundary"
+) -> tuple[bytes, dict[str, str]]:
+    """A multipart body built byte by byte: (filename header bytes, content) per part in field
+    `images`. httpx escapes odd file names (a NUL becomes %00); this sends them as they are."""
+    body = b""
+    for filename, content in parts:
+        body += (
+            b"--" + boundary + b"\r\n"
+            b'Content-Disposition: form-data; name="images"; filename="' + filename + b'"\r\n'
+            b"Content-Type: application/octet-stream\r\n\r\n" + content + b"\r\n"
+        )
+    body += b"--" + boundary + b"--\r\n"
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary.decode()}"}

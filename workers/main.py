@@ -11,9 +11,12 @@ metrics (flipwatch_worker_*, flipwatch_estimate_*) from a dedicated registry.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -38,7 +41,7 @@ from flipwatch.workers.model_cache import ModelCache
 log = logging.getLogger(__name__)
 
 DEFAULT_METRICS_PORT = 9191
-RECONCILE_INTERVAL_S = 30.0
+RECONCILE_INTERVAL_S = 10.0  # default of the setting reconcile_interval_seconds
 STOP_TIMEOUT_MS = 30_000  # the running job is interrupted (notify_shutdown) and requeued
 DURATION_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 RATE_BUCKETS = (10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000)
@@ -119,8 +122,10 @@ class Reconciler:
         interval: float = RECONCILE_INTERVAL_S,
         stale_after: float = jobs.STALE_AFTER_S,
         lost_after: float = jobs.LOST_AFTER_S,
+        pending: Callable[[], set[uuid.UUID]] | None = None,
     ) -> None:
         self.session_factory = session_factory
+        self.pending = pending
         self.dispatcher = dispatcher
         self.interval = interval
         self.stale_after = stale_after
@@ -131,7 +136,10 @@ class Reconciler:
     def run_once(self) -> list[Any]:
         """One pass: requeue stale, find lost; send after the commit. Returns the sent ids."""
         ids = jobs.reconcile_jobs(
-            self.session_factory, stale_after=self.stale_after, lost_after=self.lost_after
+            self.session_factory,
+            stale_after=self.stale_after,
+            lost_after=self.lost_after,
+            pending=self.pending() if self.pending is not None else frozenset(),
         )
         for job_id in ids:
             self.dispatcher.send(job_id)
@@ -158,18 +166,44 @@ class Reconciler:
                 return
 
 
+def pending_job_ids(broker: Any, queue_name: str) -> set[uuid.UUID]:
+    """Job ids whose message still waits in Redis: queued, delayed (a retry's backoff) or fetched
+    and not yet acknowledged. The reconciler does not re-send those, so a short `lost_after`
+    re-sends only what Redis really lost (a restart, FLUSHALL, an eviction)."""
+    client = broker.client
+    found: set[uuid.UUID] = set()
+    for name in (queue_name, f"{queue_name}.DQ"):
+        for _, raw in client.hscan_iter(f"{broker.namespace}:{name}.msgs", count=500):
+            try:
+                found.add(uuid.UUID(str(json.loads(raw)["args"][0])))
+            except (ValueError, KeyError, IndexError, TypeError):
+                continue  # not one of our messages
+    return found
+
+
 @dataclass
 class WorkerProcess:
-    """Everything `flipwatch worker` runs; `start()` / `stop()` so tests can run it in a thread."""
+    """Everything `flipwatch worker` runs; `start()` / `stop()` so tests can run it in a thread.
+
+    The recovery timers come from the settings (FLIPWATCH_JOB_HEARTBEAT_SECONDS,
+    _JOB_STALE_SECONDS, _JOB_LOST_SECONDS, _RECONCILE_INTERVAL_SECONDS) unless given here.
+    """
 
     settings: Settings
     metrics_port: int | None = DEFAULT_METRICS_PORT
     namespace: str = DEFAULT_NAMESPACE
-    reconcile_interval: float = RECONCILE_INTERVAL_S
-    stale_after: float = jobs.STALE_AFTER_S
-    lost_after: float = jobs.LOST_AFTER_S
-    heartbeat_interval: float = jobs.HEARTBEAT_INTERVAL_S
+    reconcile_interval: float | None = None
+    stale_after: float | None = None
+    lost_after: float | None = None
+    heartbeat_interval: float | None = None
     calibration_suite: jobs.CalibrationSuite | None = None
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.reconcile_interval = self.reconcile_interval or s.reconcile_interval_seconds
+        self.stale_after = self.stale_after or s.job_stale_seconds
+        self.lost_after = self.lost_after or s.job_lost_seconds
+        self.heartbeat_interval = self.heartbeat_interval or s.job_heartbeat_seconds
 
     def start(self) -> None:
         self.broker = configure_broker(self.settings, namespace=self.namespace)
@@ -192,12 +226,14 @@ class WorkerProcess:
             self.broker, queues={QUEUE_NAME}, worker_threads=self.settings.jobs_per_device
         )
         self.worker.start()
+        dispatcher = RedisDispatcher(self.broker)
         self.reconciler = Reconciler(
             runtime.session_factory,
-            RedisDispatcher(self.broker),
+            dispatcher,
             interval=self.reconcile_interval,
             stale_after=self.stale_after,
             lost_after=self.lost_after,
+            pending=lambda: pending_job_ids(self.broker, QUEUE_NAME),
         )
         self.reconciler.start()
         self.metrics_server: Any = None

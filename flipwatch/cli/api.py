@@ -65,6 +65,8 @@ def run_api(args: argparse.Namespace) -> int:
         dispatcher=make_dispatcher(settings),
         model_check=estimator_model_check(settings),
     )
+    from flipwatch.service.api.server import uvicorn_options
+
     uvicorn.run(
         app,
         host=args.host,
@@ -72,6 +74,7 @@ def run_api(args: argparse.Namespace) -> int:
         log_level=level,
         log_config=None,  # keep the JSON handler configure_observability installed
         access_log=False,  # RequestIdMiddleware writes the access lines
+        **uvicorn_options(settings),
     )
     return 0
 

@@ -122,7 +122,12 @@ def build_server(
     if settings.embedded:
         from flipwatch.workers.broker import InProcessDispatcher, InProcessWorker
 
-        worker = InProcessWorker(session_factory, settings, calibration_suite=calibration_suite)
+        worker = InProcessWorker(
+            session_factory,
+            settings,
+            calibration_suite=calibration_suite,
+            heartbeat_interval=settings.job_heartbeat_seconds,
+        )
         dispatcher = InProcessDispatcher(worker)
     else:
         from flipwatch.workers.broker import DEFAULT_NAMESPACE, RedisDispatcher, configure_broker
@@ -203,6 +208,8 @@ def embedded_server(
     """`flipwatch serve --data-dir DATA_DIR` on 127.0.0.1:PORT (0: a free port), in a thread."""
     import uvicorn
 
+    from flipwatch.service.api.server import uvicorn_options
+
     # Embedded whatever the environment says: the demo needs no Postgres or Redis.
     settings = Settings(
         data_dir=data_dir,
@@ -214,7 +221,13 @@ def embedded_server(
     stack = build_server(settings, calibration_suite=calibration_suite)
     port = port or free_port()
     server = uvicorn.Server(
-        uvicorn.Config(stack.app, host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(
+            stack.app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            **uvicorn_options(settings),
+        )
     )
     thread = threading.Thread(target=server.run, name="flipwatch-serve", daemon=True)
     thread.start()

@@ -59,6 +59,8 @@ def run_worker_command(args: argparse.Namespace) -> int:
 def run_serve_command(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from flipwatch.service.api.server import uvicorn_options
+
     settings = Settings(**({"data_dir": args.data_dir} if args.data_dir else {}))
     level = configure_observability(settings, args.log_level)
     apply_torch_threads(settings)
@@ -73,6 +75,7 @@ def run_serve_command(args: argparse.Namespace) -> int:
             log_level=level,
             log_config=None,  # keep the JSON handler configure_observability installed
             access_log=False,  # RequestIdMiddleware writes the access lines
+            **uvicorn_options(settings),
         )
     finally:
         stack.close()

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import AnyUrl, BaseModel, ConfigDict, Field, UrlConstraints
 
 AlertRuleKind = Literal["accuracy_below", "drop_below_reference", "embedding_above"]
 EmbeddingKind = Literal["frechet", "silhouette", "centroid_shift"]
@@ -27,6 +27,11 @@ THRESHOLD_DESCRIPTION = (
     "when result.embedding[embedding_kind] > threshold."
 )
 
+# http(s) only, and no longer than the column (2048): longer URLs are a 422, not a database error.
+WebhookUrl = Annotated[
+    AnyUrl, UrlConstraints(max_length=2048, allowed_schemes=["http", "https"], host_required=True)
+]
+
 
 class AlertRuleCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -44,8 +49,10 @@ class AlertRuleCreate(BaseModel):
         description="Hysteresis K: fires after K consecutive breaching windows, resolves after K "
         "consecutive clean ones.",
     )
-    webhook_url: HttpUrl | None = Field(
-        default=None, description="Receives a POST per state change (retried until 2xx)."
+    webhook_url: WebhookUrl | None = Field(
+        default=None,
+        description="Receives a POST per state change (retried until 2xx). Public addresses "
+        "only, unless FLIPWATCH_WEBHOOK_ALLOWED_NETWORKS allows the target's network.",
     )
 
 
@@ -59,7 +66,7 @@ class AlertRuleUpdate(BaseModel):
     threshold: float | None = Field(default=None, description=THRESHOLD_DESCRIPTION)
     embedding_kind: EmbeddingKind | None = None
     windows: int | None = Field(default=None, ge=1, le=1000)
-    webhook_url: HttpUrl | None = None
+    webhook_url: WebhookUrl | None = None
 
 
 class AlertRuleRead(BaseModel):

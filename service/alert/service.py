@@ -12,8 +12,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from flipwatch.service.alert.targets import check_webhook_target
 from flipwatch.service.core.errors import AlertRuleExists, AlertRuleNotFound, InvalidAlertRule
 from flipwatch.service.core.pagination import Cursor, keyset_page
+from flipwatch.service.core.settings import Settings
 from flipwatch.service.core.tables import EMBEDDING_KINDS, AlertEvent, AlertRule, utcnow
 from flipwatch.service.stream.service import get_stream
 
@@ -50,9 +52,12 @@ def create_alert_rule(
     embedding_kind: str | None,
     windows: int,
     webhook_url: str | None,
+    settings: Settings,
 ) -> AlertRule:
     get_stream(session, stream_id)
     check_rule(kind, threshold, embedding_kind)
+    if webhook_url is not None:
+        check_webhook_target(webhook_url, settings)
     _check_name_free(session, stream_id=stream_id, name=name)
     now = utcnow()
     rule = AlertRule(
@@ -97,7 +102,12 @@ def get_alert_rule(session: Session, *, stream_id: uuid.UUID, rule_id: uuid.UUID
 
 
 def update_alert_rule(
-    session: Session, *, stream_id: uuid.UUID, rule_id: uuid.UUID, changes: dict[str, Any]
+    session: Session,
+    *,
+    stream_id: uuid.UUID,
+    rule_id: uuid.UUID,
+    changes: dict[str, Any],
+    settings: Settings,
 ) -> AlertRule:
     """Apply `changes` (fields the client sent). A new condition restarts the streak but keeps
     the state: a firing rule stays firing until K windows are clean under the new condition."""
@@ -114,6 +124,8 @@ def update_alert_rule(
         rule.threshold, rule.embedding_kind, rule.windows = threshold, embedding_kind, windows
         rule.streak = 0
     if "webhook_url" in changes:
+        if changes["webhook_url"] is not None:
+            check_webhook_target(changes["webhook_url"], settings)
         rule.webhook_url = changes["webhook_url"]
     rule.updated_at = utcnow()
     session.flush()

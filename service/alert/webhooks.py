@@ -30,6 +30,8 @@ import httpx
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from flipwatch.service.alert.targets import check_webhook_target
+from flipwatch.service.core.errors import InvalidAlertRule
 from flipwatch.service.core.settings import Settings
 from flipwatch.service.core.tables import (
     AlertEvent,
@@ -192,7 +194,12 @@ def _deliver_one(
         url, payload, attempt = notification.url, notification.payload, notification.attempts
         session.commit()
 
-    status, error = _post(client, url, payload, settings, notification_id, attempt)
+    try:
+        check_webhook_target(url, settings)  # again: DNS answers change after the rule was saved
+    except InvalidAlertRule as exc:
+        status, error = None, f"target refused: {exc.detail}"[:MAX_ERROR_CHARS]
+    else:
+        status, error = _post(client, url, payload, settings, notification_id, attempt)
     delivered = status is not None and 200 <= status < 300
     with session_factory() as session:
         values: dict[str, Any] = {"last_status": status, "last_error": error}

@@ -11,12 +11,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from fastapi import FastAPI, Request
-from fastapi.openapi.docs import (
-    get_redoc_html,
-    get_swagger_ui_html,
-    get_swagger_ui_oauth2_redirect_html,
-)
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -36,37 +32,27 @@ def assets_dir() -> Path:
     return folder
 
 
-def add_offline_docs(app: FastAPI) -> None:
-    """Serve /docs, /docs/oauth2-redirect and /redoc with local assets (build the app with
-    docs_url=None and redoc_url=None so FastAPI's CDN pages are not registered)."""
+def mount_docs_assets(app: FastAPI) -> None:
+    """Serve the Swagger UI / ReDoc files under /docs-assets (the pages are in routes/docs.py,
+    which decides who may read them)."""
     app.mount(ASSETS_URL, StaticFiles(directory=str(assets_dir())), name="docs-assets")
-    openapi_url = app.openapi_url or "/openapi.json"
-    oauth2_redirect_url = "/docs/oauth2-redirect"
 
-    @app.get("/docs", include_in_schema=False)
-    def read_swagger_ui(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(
-            openapi_url=f"{root}{openapi_url}",
-            title=f"{app.title}: API docs",
-            oauth2_redirect_url=f"{root}{oauth2_redirect_url}",
-            swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
-            swagger_ui_parameters=app.swagger_ui_parameters,
-        )
 
-    @app.get(oauth2_redirect_url, include_in_schema=False)
-    def read_swagger_ui_redirect() -> HTMLResponse:
-        return get_swagger_ui_oauth2_redirect_html()
+def swagger_page(openapi_url: str, title: str) -> HTMLResponse:
+    return get_swagger_ui_html(
+        openapi_url=openapi_url,
+        title=title,
+        swagger_js_url=f"{ASSETS_URL}/swagger-ui-bundle.js",
+        swagger_css_url=f"{ASSETS_URL}/swagger-ui.css",
+        swagger_favicon_url=f"{ASSETS_URL}/favicon.png",
+    )
 
-    @app.get("/redoc", include_in_schema=False)
-    def read_redoc(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
-        return get_redoc_html(
-            openapi_url=f"{root}{openapi_url}",
-            title=f"{app.title}: API reference",
-            redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
-            redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
-            with_google_fonts=False,
-        )
+
+def redoc_page(openapi_url: str, title: str) -> HTMLResponse:
+    return get_redoc_html(
+        openapi_url=openapi_url,
+        title=title,
+        redoc_js_url=f"{ASSETS_URL}/redoc.standalone.js",
+        redoc_favicon_url=f"{ASSETS_URL}/favicon.png",
+        with_google_fonts=False,
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flipwatch.service.batch.schemas import BatchAccepted
-from flipwatch.service.core import storage
+from flipwatch.service.core import staging, storage
 from flipwatch.service.core.errors import (
     BatchRejected,
     BatchTooLarge,
@@ -68,42 +69,75 @@ class IngestResult:
     replayed: bool = False
 
 
-def check_image(data: bytes, *, max_pixels: int) -> tuple[str, int, int]:
-    """(format, width, height) of a whitelisted image that decodes fully; ValueError says why not.
+def read_header(data: bytes, *, max_pixels: int) -> tuple[str, int, int, int]:
+    """(format, width, height, frames) from the header alone: cheap, nothing is decoded.
 
-    The pixel count is checked from the header before decoding, so a decompression bomb never
-    allocates its frame buffer. Truncated files fail in `load()` (LOAD_TRUNCATED_IMAGES is False).
+    ValueError says why the file is refused: not a whitelisted format, no pixels, or more pixels
+    than `max_pixels` (a decompression bomb never allocates its frame buffer).
     """
     try:
         with PILImage.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as img:
             width, height = img.size
             frames = getattr(img, "n_frames", 1)
-            if width * height * frames > max_pixels:
-                raise ValueError(
-                    f"{width}x{height} pixels{f' x {frames} frames' if frames > 1 else ''} is over "
-                    f"the limit of {max_pixels} pixels (decompression-bomb guard)"
-                )
             image_format = img.format or ""
-            img.load()
     except PILImage.DecompressionBombError as exc:
         raise ValueError(f"decompression bomb refused: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise ValueError(f"not a supported image (allowed: {', '.join(ALLOWED_FORMATS)})") from exc
-    except ValueError:
-        raise
-    except (OSError, SyntaxError, EOFError, MemoryError) as exc:
-        raise ValueError(f"image does not decode (truncated or corrupt): {exc}") from exc
+    except (OSError, SyntaxError, EOFError, MemoryError, struct.error) as exc:
+        raise ValueError(f"image header is unreadable (truncated or corrupt): {exc}") from exc
     if image_format not in ALLOWED_FORMATS:
         raise ValueError(
             f"format {image_format or 'unknown'} is not one of {', '.join(ALLOWED_FORMATS)}"
         )
     if width < 1 or height < 1:
         raise ValueError("image has no pixels")
+    if width * height * frames > max_pixels:
+        raise ValueError(
+            f"{width}x{height} pixels{f' x {frames} frames' if frames > 1 else ''} is over "
+            f"the limit of {max_pixels} pixels (decompression-bomb guard)"
+        )
+    return image_format, width, height, frames
+
+
+def decode_fully(data: bytes) -> None:
+    """Decode every pixel (the expensive part); ValueError if the file is truncated or corrupt."""
+    try:
+        with PILImage.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as img:
+            img.load()
+    except PILImage.DecompressionBombError as exc:
+        raise ValueError(f"decompression bomb refused: {exc}") from exc
+    except (OSError, SyntaxError, EOFError, MemoryError, ValueError, struct.error) as exc:
+        raise ValueError(f"image does not decode (truncated or corrupt): {exc}") from exc
+
+
+def check_image(data: bytes, *, max_pixels: int) -> tuple[str, int, int]:
+    """(format, width, height) of a whitelisted image that decodes fully; ValueError says why not.
+
+    The header is checked before decoding (`read_header`); truncated files fail in the decode
+    (LOAD_TRUNCATED_IMAGES is False).
+    """
+    image_format, width, height, _ = read_header(data, max_pixels=max_pixels)
+    decode_fully(data)
     return image_format, width, height
 
 
+def name_problem(name: str) -> str | None:
+    """Why a client file name cannot be stored as text, or None (NUL and control characters)."""
+    if "\x00" in name:
+        return "file name contains a NUL byte"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "file name contains control characters"
+    return None
+
+
 def validate_batch(uploads: list[Upload], settings: Settings) -> list[CheckedImage]:
-    """Check the whole batch; raise one error listing every failing file, or return all."""
+    """Check the whole batch; raise one error listing every failing file, or return all.
+
+    Cheap checks first (counts, sizes, names, image headers), then the decode budget (the
+    pixels the batch would decode, `max_batch_pixels`), and only then the full decodes, so the
+    CPU one request can cost is bounded before any pixel is decoded.
+    """
     if not uploads:
         raise EmptyBatch(
             "the batch has no images; send one or more files in the multipart field 'images'",
@@ -133,27 +167,30 @@ def validate_batch(uploads: list[Upload], settings: Settings) -> list[CheckedIma
             errors=over,
         )
 
-    checked: list[CheckedImage] = []
+    headers: dict[int, tuple[str, int, int, int]] = {}
     errors: list[dict[str, Any]] = []
     for i, upload in enumerate(uploads):
-        if upload.over_limit or len(upload.data) > settings.max_file_bytes:
-            errors.append(
-                {
-                    "file": upload.name,
-                    "index": i,
-                    "reason": f"file is over the limit of {settings.max_file_bytes} bytes",
-                }
-            )
-            continue
-        if not upload.data:
-            errors.append({"file": upload.name, "index": i, "reason": "file is empty"})
-            continue
+        reason = name_problem(upload.name)
+        if reason is None and (upload.over_limit or len(upload.data) > settings.max_file_bytes):
+            reason = f"file is over the limit of {settings.max_file_bytes} bytes"
+        if reason is None and not upload.data:
+            reason = "file is empty"
+        if reason is None:
+            try:
+                headers[i] = read_header(upload.data, max_pixels=settings.max_image_pixels)
+            except ValueError as exc:
+                reason = str(exc)
+        if reason is not None:
+            errors.append({"file": _printable(upload.name), "index": i, "reason": reason})
+    _check_decode_budget(uploads, headers, settings.max_batch_pixels)
+
+    checked: list[CheckedImage] = []
+    for i, (image_format, width, height, _) in headers.items():
+        upload = uploads[i]
         try:
-            image_format, width, height = check_image(
-                upload.data, max_pixels=settings.max_image_pixels
-            )
+            decode_fully(upload.data)
         except ValueError as exc:
-            errors.append({"file": upload.name, "index": i, "reason": str(exc)})
+            errors.append({"file": _printable(upload.name), "index": i, "reason": str(exc)})
             continue
         checked.append(
             CheckedImage(
@@ -166,6 +203,7 @@ def validate_batch(uploads: list[Upload], settings: Settings) -> list[CheckedIma
             )
         )
     if errors:
+        errors.sort(key=lambda e: e["index"])
         names = ", ".join(repr(e["file"]) for e in errors[:5])
         more = f" and {len(errors) - 5} more" if len(errors) > 5 else ""
         raise BatchRejected(
@@ -173,6 +211,33 @@ def validate_batch(uploads: list[Upload], settings: Settings) -> list[CheckedIma
             errors=errors,
         )
     return checked
+
+
+def _check_decode_budget(
+    uploads: list[Upload], headers: dict[int, tuple[str, int, int, int]], budget: int
+) -> None:
+    total, over = 0, []
+    for i, (_, width, height, frames) in headers.items():
+        total += width * height * frames
+        if total > budget:
+            over.append(
+                {
+                    "file": _printable(uploads[i].name),
+                    "index": i,
+                    "reason": "over the per-batch decode budget",
+                }
+            )
+    if over:
+        raise BatchTooLarge(
+            f"the batch's images hold {total} pixels, over the decode budget of {budget} pixels "
+            f"per batch from file {over[0]['file']!r} on; split the batch",
+            errors=over,
+        )
+
+
+def _printable(name: str) -> str:
+    """A file name safe to echo in a problem body (control characters escaped)."""
+    return name.encode("unicode_escape").decode("ascii") if name_problem(name) else name
 
 
 def request_fingerprint(stream_id: uuid.UUID, uploads: list[Upload]) -> str:
@@ -247,8 +312,15 @@ def ingest_batch(
     notices: list[str] = []
     rows: list[Image] = []
     for image in checked:
-        path = storage.store_content(
-            storage.image_path(data_dir, image.sha256, image.format), image.data
+        # Staged until the commit (moved into place then), deleted on rollback: a refused or
+        # interrupted batch leaves no file behind.
+        path = staging.stage_image(
+            session,
+            data_dir=data_dir,
+            batch_id=batch.id,
+            digest=image.sha256,
+            image_format=image.format,
+            data=image.data,
         )
         rows.append(
             Image(

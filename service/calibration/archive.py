@@ -2,7 +2,8 @@
 
 Nothing from the archive is trusted: member names may not be absolute or climb out with `..`, links
 and device files are refused, and both the entry count and the bytes actually written are capped
-(declared sizes can lie). Files are written one by one into a fresh folder; never `extractall`.
+(declared sizes can lie), and a zip entry that claims to inflate more than `max_ratio` times is a
+bomb. Files are written one by one into a fresh folder; never `extractall`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class _Member:
     is_dir: bool
     size: int
     open: object  # () -> IO[bytes]
+    packed: int = 0  # compressed size (zip); 0 when unknown
 
 
 def safe_member_path(name: str) -> PurePosixPath | None:
@@ -67,6 +69,7 @@ def _zip_members(archive: zipfile.ZipFile) -> Iterator[_Member]:
             is_dir=info.is_dir(),
             size=info.file_size,
             open=lambda info=info: archive.open(info),
+            packed=info.compress_size,
         )
 
 
@@ -104,7 +107,13 @@ def _open_archive(path: Path, filename: str) -> Iterator[list[_Member]]:
 
 
 def extract_image_folder(
-    archive_path: Path, dest: Path, *, filename: str, max_entries: int, max_bytes: int
+    archive_path: Path,
+    dest: Path,
+    *,
+    filename: str,
+    max_entries: int,
+    max_bytes: int,
+    max_ratio: float = 200.0,
 ) -> ImageFolder:
     """Extract the archive into `dest` (created, must not exist) and check its ImageFolder shape.
 
@@ -113,7 +122,12 @@ def extract_image_folder(
     dest.mkdir(parents=True, exist_ok=False)
     try:
         _extract(
-            archive_path, dest, filename=filename, max_entries=max_entries, max_bytes=max_bytes
+            archive_path,
+            dest,
+            filename=filename,
+            max_entries=max_entries,
+            max_bytes=max_bytes,
+            max_ratio=max_ratio,
         )
         return _image_folder(dest, filename=filename)
     except BaseException:
@@ -122,7 +136,13 @@ def extract_image_folder(
 
 
 def _extract(
-    archive_path: Path, dest: Path, *, filename: str, max_entries: int, max_bytes: int
+    archive_path: Path,
+    dest: Path,
+    *,
+    filename: str,
+    max_entries: int,
+    max_bytes: int,
+    max_ratio: float,
 ) -> None:
     root = dest.resolve()
     with _open_archive(archive_path, filename) as members:
@@ -130,6 +150,12 @@ def _extract(
             raise ArchiveRejected(
                 f"{filename!r} has {len(members)} entries; the limit is {max_entries}"
             )
+        for member in members:
+            if member.packed and member.size > max_ratio * member.packed and member.size > CHUNK:
+                raise ArchiveRejected(
+                    f"archive member {member.name!r} unpacks {member.size} bytes from "
+                    f"{member.packed} (over {max_ratio:.0f}:1): a compression bomb"
+                )
         declared = sum(m.size for m in members if not m.is_dir)
         if declared > max_bytes:
             raise ArchiveRejected(

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from flipwatch.service.calibration.archive import extract_image_folder
 from flipwatch.service.calibration.schemas import CalibrationOptions
+from flipwatch.service.core import staging
 from flipwatch.service.core.errors import ArchiveRejected, CalibrationNotFound, PayloadTooLarge
 from flipwatch.service.core.settings import Settings
 from flipwatch.service.core.tables import Calibration, Job, Model
@@ -106,18 +107,21 @@ def _queue_calibration(
     options = options or CalibrationOptions()
     calibration_id = uuid.uuid4()
     dest = Path(settings.data_dir).resolve() / "calibrations" / str(calibration_id)
+    staging.remove_on_rollback(session, dest)  # a refused or failed request keeps no files
     folder = extract_image_folder(
         archive_path,
         dest,
         filename=filename,
         max_entries=settings.max_archive_entries,
-        max_bytes=settings.max_archive_bytes,
+        max_bytes=settings.max_archive_unpacked_bytes,
+        max_ratio=settings.max_archive_ratio,
     )
     num_classes = int(model.spec["num_classes"])
-    if len(folder.classes) > num_classes:
+    if len(folder.classes) != num_classes:
         raise ArchiveRejected(
-            f"{filename!r} has {len(folder.classes)} class folders but model {model.name!r} has "
-            f"{num_classes} classes; folders map to class indices in sorted order"
+            f"{filename!r} has {len(folder.classes)} class folders with images but model "
+            f"{model.name!r} has {num_classes} classes; give one folder per class (folders map "
+            "to class indices in sorted order)"
         )
     calibration = Calibration(
         id=calibration_id,

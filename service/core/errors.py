@@ -169,7 +169,29 @@ class BatchTooLarge(PayloadTooLarge):
     title = "Batch over its limits"
 
 
-class NotReady(FlipwatchError):
+class HeadersTooLarge(FlipwatchError):
+    status = 431
+    code = "headers-too-large"
+    title = "Request headers too large"
+
+
+class ServiceUnavailable(FlipwatchError):
+    """A dependency is down for a while: 503 with Retry-After, so clients back off and retry."""
+
     status = 503
+    code = "service-unavailable"
+    title = "Service temporarily unavailable"
+
+    def __init__(self, detail: str, *, retry_after: int = 5, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    code = "database-unavailable"
+    title = "Database unavailable"
+
+
+class NotReady(ServiceUnavailable):
     code = "not-ready"
     title = "Service not ready"

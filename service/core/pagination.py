@@ -12,7 +12,7 @@ import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
@@ -39,14 +39,48 @@ class Cursor:
 
     @classmethod
     def decode(cls, text: str) -> Cursor:
+        """The cursor `encode` wrote: a JSON list of one or two short strings, nothing else."""
         try:
             padded = text + "=" * (-len(text) % 4)
-            values = json.loads(base64.urlsafe_b64decode(padded.encode()).decode())
-            if not isinstance(values, list) or not values:
-                raise ValueError("empty cursor")
-        except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-            raise Invalid(f"cursor {text!r} is not valid; pass the next_cursor of a page") from exc
+            values = json.loads(
+                base64.urlsafe_b64decode(padded.encode()).decode(), parse_constant=_no_constant
+            )
+            if not isinstance(values, list) or not 1 <= len(values) <= 2:
+                raise ValueError("not a list of one or two values")
+            if not all(isinstance(v, str) and len(v) <= 64 for v in values):
+                raise ValueError("values are not short strings")
+        except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError) as exc:
+            raise Invalid(
+                f"cursor {text[:100]!r} is not valid; pass the next_cursor of a page"
+            ) from exc
         return cls(tuple(values))
+
+    def window_index(self) -> int:
+        """The window-index keyset (estimates), within the database's integer range."""
+        value = self.values[0]
+        if len(self.values) != 1 or not value.isdigit() or int(value) >= 2**31:
+            raise Invalid(_NOT_THIS_LIST)
+        return int(value)
+
+    def created_and_id(self) -> tuple[datetime, uuid.UUID]:
+        """The (created_at, id) keyset, as an aware UTC time and a UUID."""
+        if len(self.values) != 2:
+            raise Invalid(_NOT_THIS_LIST)
+        try:
+            created_at = datetime.fromisoformat(self.values[0])
+            if created_at.tzinfo is None:
+                created_at = created_at.replace(tzinfo=UTC)
+            created_at = created_at.astimezone(UTC)
+            return created_at, uuid.UUID(self.values[1])
+        except (ValueError, OverflowError) as exc:
+            raise Invalid(_NOT_THIS_LIST) from exc
+
+
+_NOT_THIS_LIST = "cursor does not belong to this list; pass the next_cursor of a page"
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed in a cursor")
 
 
 def keyset_page(
@@ -54,13 +88,7 @@ def keyset_page(
 ) -> tuple[list[Any], Cursor | None]:
     """One page of `entity` rows ordered by (created_at, id) descending."""
     if cursor is not None:
-        try:
-            created_at = datetime.fromisoformat(cursor.values[0])
-            last_id = uuid.UUID(cursor.values[1])
-        except (ValueError, IndexError, TypeError) as exc:
-            raise Invalid(
-                "cursor does not belong to this list; pass the next_cursor of a page"
-            ) from exc
+        created_at, last_id = cursor.created_and_id()
         stmt = stmt.where(
             or_(
                 entity.created_at < created_at,

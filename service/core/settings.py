@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -61,10 +61,71 @@ class Settings(BaseSettings):
     max_batch_files: int = Field(default=512, ge=1)
     max_batch_bytes: int = Field(default=200 * MiB, ge=1)
     max_image_pixels: int = Field(default=40_000_000, ge=1)
+    max_batch_pixels: int = Field(
+        default=400_000_000,
+        ge=1,
+        description="Decode budget: the pixels (width x height x frames, read from headers "
+        "before decoding) one batch may decode in all; bounds the API's CPU per request.",
+    )
 
     # Calibration archive limits (zip/tar of an ImageFolder tree).
     max_archive_entries: int = Field(default=100_000, ge=1)
-    max_archive_bytes: int = Field(default=2 * GiB, ge=1)
+    max_archive_bytes: int = Field(default=2 * GiB, ge=1, description="The uploaded archive.")
+    max_archive_unpacked_bytes: int = Field(
+        default=4 * GiB, ge=1, description="All extracted files together (zip-bomb guard)."
+    )
+    max_archive_ratio: float = Field(
+        default=200.0,
+        gt=1,
+        description="Largest unpacked/packed size ratio of one zip entry (images barely "
+        "compress; a bomb compresses 1000:1).",
+    )
+    max_weights_bytes: int = Field(default=1 * GiB, ge=1, description="One weights upload.")
+
+    # HTTP edges.
+    max_header_bytes: int = Field(
+        default=32 * 1024, ge=1024, description="Request line and headers; larger gets 431."
+    )
+    public_docs: bool | None = Field(
+        default=None,
+        description="Serve /docs, /redoc and /openapi.json without an API key; unset means "
+        "true in dev, false in prod (then any valid key is needed).",
+    )
+    retry_after_seconds: int = Field(
+        default=5, ge=1, le=3600, description="Retry-After of a 503 (database or broker down)."
+    )
+    database_connect_timeout_seconds: int = Field(
+        default=5, ge=1, le=120, description="Postgres connect timeout (an unreachable host)."
+    )
+
+    # Job recovery (workers/main.py reconciler): a lost job comes back within about
+    # job_stale_seconds + reconcile_interval_seconds (dead worker) or job_lost_seconds +
+    # reconcile_interval_seconds (message lost with Redis): 40 s with the defaults.
+    job_heartbeat_seconds: float = Field(
+        default=5.0, gt=0, le=300, description="How often a running job proves it is alive."
+    )
+    job_stale_seconds: float = Field(
+        default=30.0, gt=0, description="A running job silent this long lost its worker."
+    )
+    job_lost_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A queued job untouched this long, with no message in Redis, is re-sent.",
+    )
+    reconcile_interval_seconds: float = Field(
+        default=10.0, gt=0, le=3600, description="How often each worker looks for lost jobs."
+    )
+
+    # Maintenance (service/maintenance.py): retention and orphan sweeps in the API process.
+    maintenance_interval_seconds: float = Field(
+        default=60.0, ge=0, description="How often retention and the orphan sweep run; 0: never."
+    )
+    orphan_grace_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="Upload leftovers (data_dir/incoming) and unreferenced image files older "
+        "than this are removed; longer than any upload takes.",
+    )
 
     # Stream window policy defaults.
     default_window_size: int = Field(default=1000, ge=64)
@@ -157,6 +218,30 @@ class Settings(BaseSettings):
         default=None,
         description="Signs webhook bodies: X-Flipwatch-Signature: sha256=<hex HMAC of the body>.",
     )
+    webhook_allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="JSON list of CIDRs webhooks may reach although they are loopback, private "
+        'or link-local, e.g. ["10.20.0.0/16"]; by default only public addresses are allowed.',
+    )
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _networks_are_cidrs(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for network in value:
+            ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+        return value
+
+    @model_validator(mode="after")
+    def _check_recovery_timers(self) -> Settings:
+        if self.job_stale_seconds < 3 * self.job_heartbeat_seconds:
+            raise ValueError(
+                f"FLIPWATCH_JOB_STALE_SECONDS ({self.job_stale_seconds}) must be at least three "
+                f"heartbeats (3 x FLIPWATCH_JOB_HEARTBEAT_SECONDS = "
+                f"{3 * self.job_heartbeat_seconds}), or live jobs would be taken from their worker"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
@@ -188,6 +273,13 @@ class Settings(BaseSettings):
         """FLIPWATCH_PUBLIC_STATUS_PAGE when set; else public in dev only."""
         if self.public_status_page is not None:
             return self.public_status_page
+        return self.environment == "dev"
+
+    @property
+    def docs_are_public(self) -> bool:
+        """FLIPWATCH_PUBLIC_DOCS when set; else public in dev only."""
+        if self.public_docs is not None:
+            return self.public_docs
         return self.environment == "dev"
 
     @property

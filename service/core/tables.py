@@ -130,6 +130,10 @@ class Stream(Base):
     __table_args__ = (
         CheckConstraint("window_size >= 1", name="window_size_positive"),
         CheckConstraint("steps >= 1", name="steps_positive"),
+        CheckConstraint(
+            "retain_images IS NULL OR retain_images >= 1", name="retain_images_positive"
+        ),
+        CheckConstraint("retain_days IS NULL OR retain_days > 0", name="retain_days_positive"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -142,6 +146,10 @@ class Stream(Base):
     images_total: Mapped[int] = mapped_column(Integer, default=0)
     current_window_index: Mapped[int] = mapped_column(Integer, default=0)
     window_fill: Mapped[int] = mapped_column(Integer, default=0)
+    # Retention (service/retention): keep at most the newest `retain_images` images and none older
+    # than `retain_days`; NULL keeps them. Windows an unfinished job needs are always kept.
+    retain_images: Mapped[int | None] = mapped_column(Integer)
+    retain_days: Mapped[float | None] = mapped_column(Float)
 
 
 class Batch(Base):

@@ -17,7 +17,6 @@ from flipwatch.service.core.errors import (
     CalibrationRequired,
     EstimateAlreadyQueued,
     EstimateNotFound,
-    Invalid,
     WindowTooSmall,
 )
 from flipwatch.service.core.pagination import Cursor
@@ -40,13 +39,7 @@ def list_estimates(
     get_stream(session, stream_id)
     stmt = select(Estimate).where(Estimate.stream_id == stream_id)
     if cursor is not None:
-        try:
-            before = int(cursor.values[0])
-        except (ValueError, TypeError) as exc:
-            raise Invalid(
-                "cursor does not belong to this list; pass the next_cursor of a page"
-            ) from exc
-        stmt = stmt.where(Estimate.window_index < before)
+        stmt = stmt.where(Estimate.window_index < cursor.window_index())
     rows = list(session.scalars(stmt.order_by(Estimate.window_index.desc()).limit(limit + 1)))
     if len(rows) <= limit:
         return rows, None

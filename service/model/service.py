@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from flipwatch.service.core import storage
+from flipwatch.service.core import staging, storage
 from flipwatch.service.core.errors import (
     InvalidModelSpec,
     ModelNotFound,
@@ -96,7 +96,7 @@ def register_model(
     fd, tmp_name = tempfile.mkstemp(dir=final_dir, prefix=".upload-", suffix=".pt")
     tmp = Path(tmp_name)
     try:
-        digest, size = _copy_hashed(weights, fd, limit=settings.max_archive_bytes)
+        digest, size = _copy_hashed(weights, fd, limit=settings.max_weights_bytes)
         if size == 0:
             raise ModelRejected("the 'weights' file is empty", errors=[{"field": "weights"}])
         if check is not None:
@@ -109,6 +109,7 @@ def register_model(
             tmp.unlink()
         else:
             os.replace(tmp, final)
+            staging.remove_on_rollback(session, final)  # new weights go if the row does not land
     finally:
         tmp.unlink(missing_ok=True)
 

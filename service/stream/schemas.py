@@ -33,6 +33,20 @@ class StreamCreate(BaseModel):
     auto_estimate: bool = Field(
         default=True, description="Queue an estimate whenever a window fills."
     )
+    retain_images: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000_000,
+        description="Keep at most this many of the newest images (and their files); older ones "
+        "are deleted by the periodic retention task. Unset: keep all.",
+    )
+    retain_days: float | None = Field(
+        default=None,
+        gt=0,
+        le=36_500,
+        description="Delete images (and emptied batches) older than this many days. Unset: keep. "
+        "Estimates, alerts and windows an unfinished job needs are always kept.",
+    )
 
 
 class StreamRead(BaseModel):
@@ -47,6 +61,8 @@ class StreamRead(BaseModel):
     images_total: int
     current_window_index: int
     window_fill: int = Field(description="Images in the open window.")
+    retain_images: int | None = None
+    retain_days: float | None = None
     created_at: datetime
 
 

@@ -8,14 +8,15 @@ under the stream's row lock, so positions and window indexes are assigned once.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session, SessionTransaction
 
 from flipwatch.service.calibration.service import estimation_blocker
-from flipwatch.service.core.errors import StreamExists, StreamNotFound
+from flipwatch.service.core.errors import ServiceUnavailable, StreamExists, StreamNotFound
 from flipwatch.service.core.pagination import Cursor, keyset_page
 from flipwatch.service.core.settings import Settings
 from flipwatch.service.core.tables import Job, Stream
@@ -35,7 +36,14 @@ def get_stream(session: Session, stream_id: uuid.UUID) -> Stream:
 
 
 def lock_stream(session: Session, stream_id: uuid.UUID) -> Stream:
-    """The stream row, locked for this transaction (SELECT ... FOR UPDATE; a no-op on SQLite)."""
+    """The stream row, locked until this transaction ends.
+
+    Postgres: SELECT ... FOR UPDATE. SQLite has no row locks and reads outside the write lock,
+    so two requests would read the same window counters; there (one process: embedded mode) a
+    per-stream lock of this process is held from here until the commit or rollback instead.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        _hold_process_lock(session, stream_id)
     stream = session.scalar(
         select(Stream)
         .where(Stream.id == stream_id)
@@ -43,6 +51,37 @@ def lock_stream(session: Session, stream_id: uuid.UUID) -> Stream:
         .execution_options(populate_existing=True)
     )
     return _found(stream, stream_id)
+
+
+_process_locks: dict[uuid.UUID, threading.Lock] = {}
+_process_locks_guard = threading.Lock()
+_HELD = "flipwatch_stream_locks"
+PROCESS_LOCK_TIMEOUT_S = 60.0
+
+
+def _hold_process_lock(session: Session, stream_id: uuid.UUID) -> None:
+    held: set[uuid.UUID] | None = session.info.get(_HELD)
+    if held is None:
+        held = session.info[_HELD] = set()
+        event.listen(session, "after_transaction_end", _release_process_locks)
+    if stream_id in held:
+        return
+    with _process_locks_guard:
+        lock = _process_locks.setdefault(stream_id, threading.Lock())
+    if not lock.acquire(timeout=PROCESS_LOCK_TIMEOUT_S):
+        raise ServiceUnavailable(
+            f"stream {stream_id} is busy with other requests; retry shortly", retry_after=1
+        )
+    held.add(stream_id)
+
+
+def _release_process_locks(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is not None:
+        return  # a savepoint ended; the lock lasts until the outer transaction does
+    held: set[uuid.UUID] = session.info.get(_HELD) or set()
+    for stream_id in held:
+        _process_locks[stream_id].release()
+    held.clear()
 
 
 def _found(stream: Stream | None, stream_id: uuid.UUID) -> Stream:
@@ -62,6 +101,8 @@ def create_stream(
     window_size: int | None,
     steps: int | None,
     auto_estimate: bool,
+    retain_images: int | None = None,
+    retain_days: float | None = None,
 ) -> Stream:
     get_model(session, model_id)
     if session.scalar(select(Stream.id).where(Stream.name == name)) is not None:
@@ -73,6 +114,8 @@ def create_stream(
         window_size=window_size or settings.default_window_size,
         steps=steps or settings.default_steps,
         auto_estimate=auto_estimate,
+        retain_images=retain_images,
+        retain_days=retain_days,
         images_total=0,
         current_window_index=0,
         window_fill=0,

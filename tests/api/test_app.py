@@ -130,3 +130,64 @@ def test_settings_refuse_placeholder_bootstrap_key_outside_dev():
 
     with pytest.raises(ValidationError, match="placeholder"):
         Settings(environment="prod", bootstrap_admin_key="changethis")
+
+
+def test_database_down_is_503_with_retry_after_on_every_route(settings):
+    from flipwatch.cli.startup import free_port
+    from flipwatch.service.core.db import make_engine, make_sessionmaker
+
+    down = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nowhere"  # nothing listens
+    engine = make_engine(settings, url=down)
+    app = create_app(settings, session_factory=make_sessionmaker(engine))
+    with TestClient(app) as client:
+        answers = [
+            client.get("/readyz"),
+            client.get("/v1/streams", headers={"Authorization": "Bearer fw_x"}),
+            client.post(
+                "/v1/streams/00000000-0000-0000-0000-000000000000/batches",
+                headers={"Authorization": "Bearer fw_x"},
+                files=[("images", ("a.png", b"x" * 100, "image/png"))],
+            ),
+        ]
+        assert client.get("/healthz").status_code == 200
+    engine.dispose()
+    for response in answers:
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["Retry-After"] == str(settings.retry_after_seconds)
+        assert response.json()["code"] == "database-unavailable"
+
+
+def test_docs_and_schema_need_a_key_in_prod(client, settings, read_token):
+    client.app.state.settings = settings.model_copy(update={"environment": "prod"})
+    token = read_token
+    if True:
+        for path in ("/openapi.json", "/docs", "/redoc"):
+            refused = client.get(path)
+            assert refused.status_code == 401, path
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert client.get(path, headers={"Authorization": f"Bearer {token}"}).is_success
+        assert client.get("/healthz").status_code == 200
+
+
+def test_every_documented_error_is_problem_json(client):
+    spec = client.get("/openapi.json").json()
+    checked = 0
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            if path != "/healthz":
+                assert "503" in responses, (method, path)
+            for code, response in responses.items():
+                if code[0] in "45":
+                    assert list(response["content"]) == ["application/problem+json"], (path, code)
+                    checked += 1
+    assert checked > 60
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+
+
+def test_a_wrong_method_is_405_with_allow(client):
+    response = client.delete("/v1/streams")
+    assert response.status_code == 405
+    assert response.headers["content-type"] == "application/problem+json"
+    assert set(response.headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD", "POST"}

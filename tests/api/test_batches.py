@@ -21,6 +21,7 @@ from tests.factories import (
     noise_png,
     patterned_image,
     png_header_only,
+    raw_multipart,
 )
 
 
@@ -171,6 +172,52 @@ class TestRejections:
             }
         ]
         assert "notes.txt" in body["detail"]
+
+    def test_rejects_a_nul_byte_in_a_file_name_storing_nothing(
+        self, client, session, ingest_token, data_dir
+    ):
+        stream = make_stream(session)
+        content, headers = raw_multipart(
+            (b"good.png", image_bytes(1)), (b"bad\x00name.png", image_bytes(2))
+        )
+        response = client.post(
+            f"/v1/streams/{stream.id}/batches",
+            content=content,
+            headers=bearer(ingest_token) | headers,
+        )
+        body = assert_rejected(
+            response,
+            422,
+            "batch-rejected",
+            session,
+            stream,
+            data_dir,
+        )
+        assert body["errors"] == [
+            {"file": "bad\\x00name.png", "index": 1, "reason": "file name contains a NUL byte"}
+        ]
+        assert list((data_dir / "incoming").rglob("*.png")) == []
+
+    def test_refuses_a_batch_over_the_decode_budget_before_decoding(
+        self, client, session, ingest_token, data_dir, settings
+    ):
+        # 3 headers of 1500x1500 = 6.75 M pixels against a budget of 5 M: refused from the
+        # headers alone (the files carry almost no data, so a decode would fail instead).
+        client.app.state.settings = settings.model_copy(update={"max_batch_pixels": 5_000_000})
+        stream = make_stream(session)
+        payload = files(*((f"big-{i}.png", png_header_only(1500, 1500)) for i in range(3)))
+        body = assert_rejected(
+            post_batch(client, ingest_token, stream.id, payload),
+            413,
+            "batch-too-large",
+            session,
+            stream,
+            data_dir,
+        )
+        assert "decode budget of 5000000 pixels" in body["detail"]
+        assert body["errors"] == [
+            {"file": "big-2.png", "index": 2, "reason": "over the per-batch decode budget"}
+        ]
 
     def test_rejects_gif_format(self, client, session, ingest_token, data_dir):
         stream = make_stream(session)

@@ -14,7 +14,7 @@ from tests.factories import REFERENCE, image_bytes, make_calibration, make_model
 
 class TestCreateCalibration:
     def test_queues_a_calibrate_job(self, client, session, admin_token, dispatcher, data_dir):
-        model = make_model(session, calibrated=False)
+        model = make_model(session, calibrated=False, spec={"num_classes": 2})
         response = client.post(
             f"/v1/models/{model.id}/calibrations",
             files={"archive": ("reference.zip", zip_bytes(REFERENCE), "application/zip")},
@@ -40,7 +40,7 @@ class TestCreateCalibration:
         assert body["job_url"] == f"/v1/jobs/{job.id}"
 
     def test_stores_the_requested_suite_and_steps(self, client, session, admin_token):
-        model = make_model(session, calibrated=False)
+        model = make_model(session, calibrated=False, spec={"num_classes": 2})
         response = client.post(
             f"/v1/models/{model.id}/calibrations",
             files={"archive": ("reference.zip", zip_bytes(REFERENCE), "application/zip")},
@@ -95,16 +95,39 @@ class TestCreateCalibration:
         assert "'../x.png'" in response.json()["detail"]
         assert not any((data_dir / "calibrations").iterdir())
 
-    def test_rejects_more_classes_than_the_model_has(self, client, session, admin_token):
-        model = make_model(session, calibrated=False, spec={"num_classes": 2})
-        three = REFERENCE | {"ref/emu/0.png": image_bytes(9)}
+    @pytest.mark.parametrize("classes", [3, 10])
+    def test_rejects_another_class_count_than_the_model_has_keeping_no_files(
+        self, client, session, admin_token, data_dir, classes
+    ):
+        model = make_model(session, calibrated=False, spec={"num_classes": classes})
+        if classes == 3:
+            entries = REFERENCE  # 2 folders for a 3-class model: too few
+        else:  # 11 folders for a 10-class model: too many
+            entries = REFERENCE | {f"ref/c{i}/0.png": image_bytes(20 + i) for i in range(9)}
         response = client.post(
             f"/v1/models/{model.id}/calibrations",
-            files={"archive": ("ref.zip", zip_bytes(three), "application/zip")},
+            files={"archive": ("ref.zip", zip_bytes(entries), "application/zip")},
             headers=bearer(admin_token),
         )
         assert response.status_code == 422
-        assert "3 class folders" in response.json()["detail"]
+        found = 2 if classes == 3 else 11
+        assert f"has {found} class folders with images" in response.json()["detail"]
+        assert list((data_dir / "calibrations").rglob("*.png")) == []
+        assert session.query(Calibration).count() == 0
+
+    def test_refuses_a_compression_bomb_before_writing_it(
+        self, client, session, admin_token, data_dir
+    ):
+        model = make_model(session, calibrated=False, spec={"num_classes": 2})
+        bomb = REFERENCE | {"ref/cat/bomb.png": b"\0" * (8 << 20)}  # 8 MiB of zeros: ~1000:1
+        response = client.post(
+            f"/v1/models/{model.id}/calibrations",
+            files={"archive": ("ref.zip", zip_bytes(bomb), "application/zip")},
+            headers=bearer(admin_token),
+        )
+        assert response.status_code == 422
+        assert "a compression bomb" in response.json()["detail"]
+        assert list((data_dir / "calibrations").rglob("*")) == []
 
     def test_unknown_model_is_404(self, client, admin_token):
         response = client.post(

@@ -85,6 +85,17 @@ class TestCreateModel:
         assert response.status_code == 422
         assert "must be a registered builder name" in response.json()["detail"]
 
+    def test_weights_have_their_own_size_limit(
+        self, client, admin_token, tiny_weights, settings, data_dir
+    ):
+        client.app.state.settings = settings.model_copy(
+            update={"max_weights_bytes": 1000, "max_archive_bytes": 10**9}
+        )
+        response = register(client, admin_token, TINY_SPEC, tiny_weights)
+        assert response.status_code == 413, response.text
+        assert "over the limit of 1000 bytes" in response.json()["detail"]
+        assert [p for p in (data_dir / "models").iterdir()] == []
+
     def test_refuses_weights_that_do_not_fit(self, client, admin_token):
         wrong = weights_of(tiny(num_classes=7))
         response = register(client, admin_token, TINY_SPEC, wrong)

@@ -29,8 +29,25 @@ class TestCreateStream:
             "images_total": 0,
             "current_window_index": 0,
             "window_fill": 0,
+            "retain_images": None,
+            "retain_days": None,
             "created_at": None,
         }
+
+    def test_stores_a_retention_policy(self, client, session, admin_token):
+        model = make_model(session)
+        response = client.post(
+            "/v1/streams",
+            json={
+                "name": "kept-short",
+                "model_id": str(model.id),
+                "retain_images": 5000,
+                "retain_days": 7,
+            },
+            headers=bearer(admin_token),
+        )
+        assert response.status_code == 201, response.text
+        assert (response.json()["retain_images"], response.json()["retain_days"]) == (5000, 7.0)
 
     def test_rejects_unknown_model(self, client, admin_token):
         missing = uuid.uuid4()

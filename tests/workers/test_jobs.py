@@ -219,6 +219,30 @@ class TestEstimateJob:
             event = session.scalars(select(AlertEvent).where(AlertEvent.rule_id == rule_id)).one()
         assert (event.state, event.estimate_id) == ("firing", estimate.id)
 
+    def test_stream_steps_past_the_calibrations_use_its_selected_checkpoint(
+        self,
+        session_factory: sessionmaker[Session],
+        worker_settings: Settings,
+        tiny_weights: Path,
+        tiny_calibration: dict[str, Any],
+    ) -> None:
+        # Calibrated over 10 steps (checkpoints 0 and 10) with wf@10 selected; a 60-step stream
+        # records only 0/50/60 by default, so the selected checkpoint must be recorded on purpose.
+        calibration = {**tiny_calibration, "selected": "wf@10"}
+        stream_id, (job_id,) = setup_estimate(
+            session_factory, worker_settings, tiny_weights, calibration, steps=60
+        )
+
+        outcome = run(session_factory, worker_settings, job_id)
+
+        job = load_job(session_factory, job_id)
+        assert outcome is jobs.JobOutcome.SUCCEEDED, job.error
+        assert (job.state, job.attempts) == ("succeeded", 1)
+        with session_factory() as session:
+            estimate = session.scalars(select(Estimate).where(Estimate.job_id == job_id)).one()
+        assert estimate.signal == "wf@10"
+        assert estimate.result["steps"] == 60
+
     def test_redelivered_finished_job_is_a_noop(
         self,
         session_factory: sessionmaker[Session],
@@ -465,6 +489,27 @@ class TestFailures:
         assert run(session_factory, worker_settings, job_id) is jobs.JobOutcome.FAILED
 
         assert "img-0.png" in (load_job(session_factory, job_id).error or "")
+
+    def test_programming_error_fails_at_once_without_a_retry(
+        self,
+        session_factory: sessionmaker[Session],
+        worker_settings: Settings,
+        tiny_weights: Path,
+        tiny_calibration: dict[str, Any],
+    ) -> None:
+        # A stored calibration missing its fits: a KeyError that every retry would hit again.
+        broken = {k: v for k, v in tiny_calibration.items() if k != "fits"}
+        stream_id, (job_id,) = setup_estimate(
+            session_factory, worker_settings, tiny_weights, broken
+        )
+
+        assert run(session_factory, worker_settings, job_id) is jobs.JobOutcome.FAILED
+
+        job = load_job(session_factory, job_id)
+        assert (job.state, job.attempts) == ("failed", 1)
+        assert (job.error or "").startswith("internal error, not retried")
+        assert "KeyError: 'fits'" in (job.error or "")
+        assert estimate_count(session_factory, stream_id) == 0
 
     def test_transient_error_requeues_until_attempts_run_out(
         self,
@@ -728,6 +773,33 @@ class TestReaper:
 
         assert sorted(first) == sorted([stale.id, lost.id])
         assert second == []
+
+    def test_reconcile_does_not_resend_jobs_whose_message_redis_still_holds(
+        self, session_factory: sessionmaker[Session]
+    ) -> None:
+        old = utcnow() - timedelta(seconds=100)
+        with session_factory() as session:
+            stream = make_stream(session)
+            waiting = make_job(session, stream=stream, created_at=old)
+            lost = make_job(session, stream=stream, window_index=1, created_at=old)
+            session.commit()
+
+        sent = jobs.reconcile_jobs(
+            session_factory, stale_after=30, lost_after=30, pending={waiting.id}
+        )
+
+        assert sent == [lost.id]
+
+    def test_default_timers_bring_a_lost_job_back_within_a_minute(self) -> None:
+        defaults = Settings()
+        worst_dead_worker = defaults.job_stale_seconds + defaults.reconcile_interval_seconds
+        worst_lost_message = defaults.job_lost_seconds + defaults.reconcile_interval_seconds
+        assert max(worst_dead_worker, worst_lost_message) <= 60
+        assert defaults.job_stale_seconds >= 3 * defaults.job_heartbeat_seconds
+
+    def test_stale_timeout_shorter_than_three_heartbeats_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="at least three heartbeats"):
+            Settings(job_heartbeat_seconds=10, job_stale_seconds=20)
 
     def test_embedded_start_requeues_everything_left_running(
         self, session_factory: sessionmaker[Session]

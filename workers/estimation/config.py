@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 DEFAULT_CHECKPOINTS = (0, 50, 100, 250, 500, 1000)
 
@@ -58,3 +58,15 @@ class EstimateConfig:
         return tuple(
             sorted({c for c in self.checkpoints if 0 <= c <= self.steps} | {0, self.steps})
         )
+
+    def recording(self, step: int) -> EstimateConfig:
+        """This config with `step` among its snapshots: the checkpoint a calibration's fit reads.
+
+        A calibration run with other `steps` (say 20) fitted checkpoints this run would not record
+        otherwise (0/50/100/… up to its own steps), so the estimate asks for the one it needs.
+        """
+        if not 0 <= step <= self.steps:
+            raise ValueError(f"checkpoint {step} is outside a {self.steps}-step trajectory")
+        if step in self.snapshot_steps():
+            return self
+        return replace(self, checkpoints=tuple(sorted({*self.checkpoints, step})))

@@ -86,6 +86,12 @@ def estimate(
     run_config = (
         config if setting is None else replace(config, lr=setting.lr, batch_size=setting.batch_size)
     )
+    # Record every checkpoint the estimator reads, whatever `steps` the calibration used.
+    from flipwatch.workers.estimation.features import feature_step
+
+    for step in sorted({feature_step(name) for name in estimator.features}):
+        if 0 < step <= run_config.steps:
+            run_config = run_config.recording(step)
     device = resolve_device(device)
     started = time.perf_counter()
     trajectory = run_trajectory(

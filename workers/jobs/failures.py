@@ -1,10 +1,12 @@
-"""What happens when a job raises: a user error fails it at once, anything else is retried.
+"""What happens when a job raises: user errors and bugs fail it at once, the rest is retried.
 
 A user error (`UserError`, the estimator's ValueError, a missing calibration) cannot pass on a
-retry, so the job fails with the message the user must act on. Anything else may pass (DB, CUDA
-OOM, I/O): the job goes back to queued while attempts remain and `run_job` raises
-`TransientJobError` for the queue to retry. Commit point `finish` after an error:
-`release_after_error` (transient) or `finish_failed` (user error).
+retry, so the job fails with the message the user must act on. A programming error (KeyError,
+TypeError, AttributeError, ...) is just as deterministic: retrying it only burns worker time, so
+it fails at once too, saying it is a bug. Anything else may pass (DB, CUDA OOM, I/O): the job goes
+back to queued while attempts remain and `run_job` raises `TransientJobError` for the queue to
+retry. Commit point `finish` after an error: `release_after_error` (transient) or `finish_failed`
+(user error or bug).
 """
 
 from __future__ import annotations
@@ -51,6 +53,23 @@ def is_user_error(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover - estimator incomplete
         return False
     return isinstance(exc, CalibrationMissing)
+
+
+# Deterministic failures of the code itself: the same inputs raise them again on every attempt.
+PROGRAMMING_ERRORS: tuple[type[BaseException], ...] = (
+    LookupError,
+    TypeError,
+    AttributeError,
+    AssertionError,
+    NameError,
+    ArithmeticError,
+    NotImplementedError,
+)
+
+
+def is_programming_error(exc: BaseException) -> bool:
+    """A bug (checked after `is_user_error`, which claims CalibrationMissing, a LookupError)."""
+    return isinstance(exc, PROGRAMMING_ERRORS)
 
 
 def describe(exc: BaseException) -> str:

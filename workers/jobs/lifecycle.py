@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 SessionFactory = sessionmaker[Session]
 
-HEARTBEAT_INTERVAL_S = 10.0  # how often a running job proves it is alive
+HEARTBEAT_INTERVAL_S = 5.0  # default of job_heartbeat_seconds: how often a job proves it lives
 PROGRESS_INTERVAL_S = 1.0  # progress writes at most this often
 MAX_ERROR_CHARS = 4000
 

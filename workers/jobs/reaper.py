@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Collection
 from datetime import timedelta
 
 from sqlalchemy import func, select, update
@@ -25,8 +26,9 @@ from flipwatch.workers.jobs.lifecycle import (
 
 log = logging.getLogger(__name__)
 
-STALE_AFTER_S = 120.0  # a running job silent this long is presumed dead (worker killed)
-LOST_AFTER_S = 600.0  # a queued job untouched this long has probably lost its message
+# Defaults of the settings job_stale_seconds and job_lost_seconds (service/core/settings.py).
+STALE_AFTER_S = 30.0  # a running job silent this long is presumed dead (worker killed)
+LOST_AFTER_S = 30.0  # a queued job untouched this long, with no message in Redis, is re-sent
 
 
 def requeue_stale_jobs(session: Session, *, older_than: float = STALE_AFTER_S) -> list[uuid.UUID]:
@@ -72,16 +74,22 @@ def reconcile_jobs(
     *,
     stale_after: float = STALE_AFTER_S,
     lost_after: float = LOST_AFTER_S,
+    pending: Collection[uuid.UUID] = frozenset(),
 ) -> list[uuid.UUID]:
     """Commit point `reconcile`: requeue stale jobs; mark lost queued ones; return ids to send.
 
     A queued job whose message still sits in a long queue looks lost too; re-sending it only adds
     a duplicate (a no-op when delivered). Marking heartbeat_at on the re-sent jobs limits that to
-    one extra message per job every `lost_after` seconds. Send the ids after this returns.
+    one extra message per job every `lost_after` seconds; `pending` (ids whose message Redis still
+    holds) removes even that. Send the ids after this returns.
     """
     with session_factory() as session:
         ids = requeue_stale_jobs(session, older_than=stale_after)
-        lost = [i for i in queued_job_ids(session, older_than=lost_after) if i not in ids]
+        lost = [
+            i
+            for i in queued_job_ids(session, older_than=lost_after)
+            if i not in ids and i not in pending
+        ]
         if lost:
             session.execute(update(Job).where(Job.id.in_(lost)).values(heartbeat_at=utcnow()))
         session.commit()

@@ -24,6 +24,7 @@ from flipwatch.workers.jobs.failures import (
     UserError,
     describe,
     finish_failed,
+    is_programming_error,
     is_user_error,
     release_after_error,
 )
@@ -59,9 +60,10 @@ def run_job(
 
     Returns the outcome; raises TransientJobError when the job went back to `queued` for a retry.
     User errors (no calibration, bad images, a model that does not load, too few images) fail the
-    job at once with the estimator's message. `calibration_suite` limits the corruption suite
-    of calibrate jobs (default: the estimator's default suite). `prefetcher` decodes the next
-    window while this one adapts; `slots` admits concurrent jobs on one device by memory.
+    job at once with the estimator's message; programming errors (KeyError, TypeError, ...) fail
+    it at once as internal errors. `calibration_suite` limits the corruption suite of calibrate
+    jobs (default: the estimator's default suite). `prefetcher` decodes the next window while
+    this one adapts; `slots` admits concurrent jobs on one device by memory.
     """
     job_id = uuid.UUID(str(job_id))
     with job_log_context(session_factory, job_id):
@@ -137,6 +139,16 @@ def _run_job(
             message = str(exc) or type(exc).__name__
             log.warning("job %s failed: %s", job_id, message)
             finish_failed(session_factory, claim, message)
+            return JobOutcome.FAILED
+        if is_programming_error(exc):
+            # Deterministic: a retry would fail the same way (and cost the same worker time).
+            log.error("job %s: internal error, not retried", job_id, exc_info=exc)
+            finish_failed(
+                session_factory,
+                claim,
+                f"internal error, not retried (a bug; the worker log has the traceback): "
+                f"{describe(exc)}",
+            )
             return JobOutcome.FAILED
         requeued = release_after_error(session_factory, claim, exc)
         if not isinstance(exc, Exception):

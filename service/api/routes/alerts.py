@@ -14,7 +14,7 @@ from flipwatch.service.alert.schemas import (
     AlertRuleRead,
     AlertRuleUpdate,
 )
-from flipwatch.service.api.deps import AdminKey, ReadKey, SessionDep, StreamID
+from flipwatch.service.api.deps import AdminKey, ReadKey, SessionDep, SettingsDep, StreamID
 from flipwatch.service.api.problems import problem_responses
 from flipwatch.service.core.pagination import Cursor, Page, page_of
 
@@ -32,6 +32,7 @@ AlertRuleID = Annotated[uuid.UUID, Path(description="An alert rule id (GET .../a
 def create_alert_rule(
     response: Response,
     session: SessionDep,
+    settings: SettingsDep,
     _key: AdminKey,
     stream_id: StreamID,
     body: AlertRuleCreate,
@@ -46,6 +47,7 @@ def create_alert_rule(
         embedding_kind=body.embedding_kind,
         windows=body.windows,
         webhook_url=str(body.webhook_url) if body.webhook_url else None,
+        settings=settings,
     )
     response.headers["Location"] = f"/v1/streams/{stream_id}/alert-rules/{rule.id}"
     return AlertRuleRead.model_validate(rule)
@@ -83,6 +85,7 @@ def read_alert_rule(
 )
 def update_alert_rule(
     session: SessionDep,
+    settings: SettingsDep,
     _key: AdminKey,
     stream_id: StreamID,
     rule_id: AlertRuleID,
@@ -92,7 +95,9 @@ def update_alert_rule(
     changes = body.model_dump(exclude_unset=True)
     if changes.get("webhook_url") is not None:
         changes["webhook_url"] = str(changes["webhook_url"])
-    rule = alerts.update_alert_rule(session, stream_id=stream_id, rule_id=rule_id, changes=changes)
+    rule = alerts.update_alert_rule(
+        session, stream_id=stream_id, rule_id=rule_id, changes=changes, settings=settings
+    )
     return AlertRuleRead.model_validate(rule)
 
 

@@ -8,7 +8,7 @@ from sqlalchemy import text
 from flipwatch.service.api.deps import SessionDep
 from flipwatch.service.api.problems import problem_responses
 from flipwatch.service.api.schemas import Health, Readiness
-from flipwatch.service.core.errors import NotReady
+from flipwatch.service.core.errors import DatabaseUnavailable, NotReady
 
 router = APIRouter(tags=["health"])
 
@@ -21,11 +21,14 @@ def read_health() -> Health:
 
 @router.get("/readyz", response_model=Readiness, responses=problem_responses(503))
 def read_readiness(request: Request, session: SessionDep) -> Readiness:
-    """The database answers and, unless embedded, the broker answers."""
+    """The database answers and, unless embedded, the broker answers (503 + Retry-After if not)."""
+    retry_after = request.app.state.settings.retry_after_seconds
     try:
         session.execute(text("SELECT 1"))
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
-        raise NotReady(f"database unreachable: {type(exc).__name__}: {exc}") from exc
+        raise DatabaseUnavailable(
+            f"database unreachable: {type(exc).__name__}: {exc}", retry_after=retry_after
+        ) from exc
     check = request.app.state.broker_check
     if check is None:
         broker = "embedded"
@@ -33,6 +36,8 @@ def read_readiness(request: Request, session: SessionDep) -> Readiness:
         try:
             check()
         except Exception as exc:  # noqa: BLE001
-            raise NotReady(f"broker unreachable: {type(exc).__name__}: {exc}") from exc
+            raise NotReady(
+                f"broker unreachable: {type(exc).__name__}: {exc}", retry_after=retry_after
+            ) from exc
         broker = "ok"
     return Readiness(status="ready", database="ok", broker=broker)

@@ -37,6 +37,8 @@ def create_stream(
         window_size=body.window_size,
         steps=body.steps,
         auto_estimate=body.auto_estimate,
+        retain_images=body.retain_images,
+        retain_days=body.retain_days,
     )
     response.headers["Location"] = f"/v1/streams/{stream.id}"
     return StreamRead.model_validate(stream)

@@ -95,7 +95,12 @@ def outbox_sessions(session: Session) -> sessionmaker[Session]:
 @pytest.fixture
 def hook_settings(settings: Settings) -> Settings:
     return settings.model_copy(
-        update={"webhook_backoff_seconds": 30.0, "webhook_max_attempts": 3, "webhook_secret": None}
+        update={
+            "webhook_backoff_seconds": 30.0,
+            "webhook_max_attempts": 3,
+            "webhook_secret": None,
+            "webhook_allowed_networks": ["127.0.0.0/8"],  # the local receiver
+        }
     )
 
 
@@ -250,7 +255,10 @@ def test_the_api_process_delivers_in_the_background(settings, engine, receiver, 
         session.commit()
 
     app = create_app(
-        settings.model_copy(update={"webhook_poll_seconds": 0.05}), session_factory=factory
+        settings.model_copy(
+            update={"webhook_poll_seconds": 0.05, "webhook_allowed_networks": ["127.0.0.0/8"]}
+        ),
+        session_factory=factory,
     )
     with TestClient(app):
         deadline = time.monotonic() + 10
@@ -261,3 +269,20 @@ def test_the_api_process_delivers_in_the_background(settings, engine, receiver, 
     with factory() as session:
         row = session.get(WebhookNotification, change.notification_id)
         assert (row.state, row.attempts) == ("delivered", 1)
+
+
+def test_a_target_that_turned_private_is_not_posted_to(
+    session, receiver, outbox_sessions, hook_settings
+):
+    """The rule was saved when its host was public; by delivery it resolves to loopback."""
+    stream = make_stream(session)
+    rule_for(session, stream, "accuracy_below", 1, webhook_url=receiver.url)
+    Windows(session, stream, "accuracy_below").run("breach")
+    session.commit()
+    strict = hook_settings.model_copy(update={"webhook_allowed_networks": []})
+
+    (result,) = deliver_due(outbox_sessions, settings=strict)
+
+    assert not result.delivered and result.status is None
+    assert "target refused" in (result.error or "") and "loopback" in (result.error or "")
+    assert receiver.requests == []

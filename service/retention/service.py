@@ -1,0 +1,246 @@
+"""Retention and orphan sweeps: bounded disk use without losing what a job still needs.
+
+`enforce_retention` deletes, per stream, images past its `retain_images` count or older than its
+`retain_days`, then batches left without images, under the stream's lock. It never touches the
+open window or a window whose estimate job is queued or running; estimates, alert history and
+jobs are kept. Files go only when no image row references them any more (content addressing
+shares one file between rows), through `remove_unreferenced`: rename aside, re-check, delete,
+so an upload that publishes the same file concurrently keeps it. `sweep_orphans` does the same
+for files no row references (older than the grace period) and finishes or deletes interrupted
+uploads (`core.staging.sweep_incoming`). `MaintenanceThread` runs both in the API process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import delete, exists, func, or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from flipwatch.service.core import staging
+from flipwatch.service.core.settings import Settings
+from flipwatch.service.core.tables import Batch, Image, Job, Stream, utcnow
+from flipwatch.service.stream.service import lock_stream
+
+log = logging.getLogger(__name__)
+
+TRASH = "trash"
+MAX_DELETE_PER_STREAM = 5000  # per pass: bounds one transaction; the next pass goes on
+
+
+@dataclass
+class RetentionReport:
+    images_deleted: int = 0
+    batches_deleted: int = 0
+    files_deleted: int = 0
+    incoming_published: int = 0
+    incoming_deleted: int = 0
+
+
+def enforce_retention(
+    session_factory: sessionmaker[Session], settings: Settings, *, now_offset_s: float = 0.0
+) -> RetentionReport:
+    """One pass over every stream with a policy; returns what was deleted.
+
+    `now_offset_s` moves "now" forward (tests age images without waiting).
+    """
+    report = RetentionReport()
+    with session_factory() as session:
+        stream_ids = list(
+            session.scalars(
+                select(Stream.id).where(
+                    or_(Stream.retain_images.is_not(None), Stream.retain_days.is_not(None))
+                )
+            )
+        )
+    for stream_id in stream_ids:
+        with session_factory() as session:
+            paths = _expire_stream(session, stream_id, report, now_offset_s)
+            session.commit()
+        report.files_deleted += remove_unreferenced(session_factory, settings.data_dir, paths)
+    return report
+
+
+def _expire_stream(
+    session: Session, stream_id: uuid.UUID, report: RetentionReport, now_offset_s: float
+) -> list[str]:
+    """Delete this stream's expired image rows and emptied batches (flush only); their paths."""
+    stream = lock_stream(session, stream_id)
+    needed = select(Job.window_index).where(
+        Job.stream_id == stream_id,
+        Job.state.in_(("queued", "running")),
+        Job.window_index.is_not(None),
+    )
+    expired = []
+    if stream.retain_images is not None:
+        expired.append(Image.position < stream.images_total - stream.retain_images)
+    if stream.retain_days is not None:
+        cutoff = utcnow() + timedelta(seconds=now_offset_s) - timedelta(days=stream.retain_days)
+        expired.append(Image.created_at < cutoff)
+    if not expired:
+        return []
+    rows = session.execute(
+        select(Image.id, Image.path)
+        .where(
+            Image.stream_id == stream_id,
+            Image.window_index < stream.current_window_index,  # never the open window
+            Image.window_index.not_in(needed),
+            or_(*expired),
+        )
+        .order_by(Image.position)
+        .limit(MAX_DELETE_PER_STREAM)
+    ).all()
+    if rows:
+        session.execute(delete(Image).where(Image.id.in_([r.id for r in rows])))
+        report.images_deleted += len(rows)
+    emptied = session.execute(
+        delete(Batch)
+        .where(Batch.stream_id == stream_id, ~exists().where(Image.batch_id == Batch.id))
+        .execution_options(synchronize_session=False)
+    )
+    report.batches_deleted += emptied.rowcount or 0
+    session.flush()
+    return [r.path for r in rows]
+
+
+def remove_unreferenced(
+    session_factory: sessionmaker[Session], data_dir: Path, paths: Iterable[str]
+) -> int:
+    """Delete the files of `paths` that no image row references; returns how many went.
+
+    Each file is renamed into `trash/` first and the references checked again: an upload that
+    committed a row for the same content meanwhile gets its file back (publishing replaces it
+    anyway), so a committed row never loses its file.
+    """
+    candidates = sorted(set(paths))
+    if not candidates:
+        return 0
+    trash = data_dir.resolve() / TRASH
+    trash.mkdir(parents=True, exist_ok=True)
+    moved: dict[str, Path] = {}
+    for path in _unreferenced(session_factory, candidates):
+        aside = trash / f"{uuid.uuid4().hex}{Path(path).suffix}"
+        try:
+            os.replace(path, aside)
+        except FileNotFoundError:
+            continue
+        moved[path] = aside
+    back = _referenced(session_factory, list(moved))
+    for path, aside in moved.items():
+        if path in back:
+            os.replace(aside, path)
+        else:
+            aside.unlink(missing_ok=True)
+    return len(moved) - len(back)
+
+
+def _referenced(session_factory: sessionmaker[Session], paths: list[str]) -> set[str]:
+    found: set[str] = set()
+    with session_factory() as session:
+        for start in range(0, len(paths), 500):
+            chunk = paths[start : start + 500]
+            found.update(session.scalars(select(Image.path).where(Image.path.in_(chunk))))
+    return found
+
+
+def _unreferenced(session_factory: sessionmaker[Session], paths: list[str]) -> list[str]:
+    referenced = _referenced(session_factory, paths)
+    return [p for p in paths if p not in referenced]
+
+
+def sweep_orphans(
+    session_factory: sessionmaker[Session], settings: Settings, *, grace_seconds: float
+) -> RetentionReport:
+    """Finish or delete interrupted uploads, then delete image files no row references."""
+    data_dir = Path(settings.data_dir)
+    incoming = staging.sweep_incoming(session_factory, data_dir, grace_seconds=grace_seconds)
+    report = RetentionReport(
+        incoming_published=incoming.published, incoming_deleted=incoming.deleted
+    )
+    images = data_dir.resolve() / "images"
+    if images.is_dir():
+        cutoff = time.time() - grace_seconds
+        old = [
+            str(p)
+            for p in images.rglob("*")
+            if p.is_file() and not p.name.startswith(".") and p.stat().st_mtime <= cutoff
+        ]
+        report.files_deleted += remove_unreferenced(session_factory, data_dir, old)
+    trash = data_dir.resolve() / TRASH
+    if trash.is_dir():  # left by a process killed mid-removal: nothing references them
+        for leftover in trash.iterdir():
+            if leftover.stat().st_mtime <= time.time() - grace_seconds:
+                leftover.unlink(missing_ok=True)
+    return report
+
+
+def disk_usage(settings: Settings) -> tuple[int, int]:
+    """(files, bytes) under data_dir/images."""
+    files = size = 0
+    for path in (Path(settings.data_dir).resolve() / "images").rglob("*"):
+        if path.is_file():
+            files += 1
+            size += path.stat().st_size
+    return files, size
+
+
+def image_count(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Image)) or 0
+
+
+class MaintenanceThread:
+    """Runs the orphan sweep and retention every `maintenance_interval_seconds` (API process).
+
+    Safe with several API processes: each stream is handled under its lock, and file removal
+    re-checks references. `get_sessionmaker` returns None until the lifespan built one.
+    """
+
+    def __init__(
+        self, get_sessionmaker: Callable[[], sessionmaker[Session] | None], settings: Settings
+    ) -> None:
+        self._get_sessionmaker = get_sessionmaker
+        self._settings = settings
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None and self._settings.maintenance_interval_seconds > 0:
+            self._thread = threading.Thread(
+                target=self._run, name="flipwatch-maintenance", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def run_once(self) -> RetentionReport | None:
+        factory = self._get_sessionmaker()
+        if factory is None:
+            return None
+        grace = self._settings.orphan_grace_seconds
+        report = sweep_orphans(factory, self._settings, grace_seconds=grace)
+        kept = enforce_retention(factory, self._settings)
+        report.images_deleted += kept.images_deleted
+        report.batches_deleted += kept.batches_deleted
+        report.files_deleted += kept.files_deleted
+        if kept.images_deleted or report.files_deleted:
+            log.info("maintenance: %s", report)
+        return report
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._settings.maintenance_interval_seconds):
+            try:
+                self.run_once()
+            except Exception:  # noqa: BLE001 - the database may be down: try next time
+                log.warning("maintenance pass failed", exc_info=True)
