@@ -1,7 +1,7 @@
 """realized accuracy (image predictions and labels, per-window realized accuracy), job request id
 
 Revision ID: 5e7a1c2b9d30
-Revises: fba7df68b359
+Revises: 3c1e5a7d9b20
 Create Date: 2026-12-01 01:40:00
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 
 
 revision: str = "5e7a1c2b9d30"
-down_revision: str | Sequence[str] | None = "fba7df68b359"
+down_revision: str | Sequence[str] | None = "3c1e5a7d9b20"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

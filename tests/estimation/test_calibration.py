@@ -62,16 +62,17 @@ class TestCalibrate:
             config=CONFIG,
             families=["contrast"],
             severities=(2, 4),
-            mixes=True,
+            mixes=False,  # no class-mix variants: the corruption suite and the spread subsets
             progress=lambda done, total: seen.append((done, total)),
         )
-        assert [(p.family, p.severity, p.mixed) for p in calibration.points] == [
-            ("clean", 0, False),
-            ("contrast", 2, False),
-            ("contrast", 4, False),
-            ("contrast", 4, True),
+        assert [(p.family, p.severity, p.mixed, p.subset) for p in calibration.points] == [
+            ("clean", 0, False, None),
+            ("contrast", 2, False, None),
+            ("contrast", 4, False, None),
+            ("clean", 0, False, "balanced:128"),
+            ("contrast", 4, False, "balanced:128"),
         ]
-        assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+        assert seen == [(i, 15) for i in range(1, 16)]  # 5 variants × 3 trajectory settings
         assert calibration.selected == min(calibration.fits, key=fit_rank).key
         assert (calibration.probe_size, calibration.steps, calibration.num_classes) == (200, 4, 10)
         clean = calibration.points[0]

@@ -14,7 +14,7 @@ from tests.tiny_models import blob_images
 
 
 def test_variants_are_clean_plus_each_family_by_severity_plus_a_mix():
-    variants = calibration_variants(["contrast", "fog"], (1, 3))
+    variants = calibration_variants(["contrast", "fog"], (1, 3), mixes=True)
     assert variants == [
         ("clean", 0, False),
         ("contrast", 1, False),
@@ -24,7 +24,7 @@ def test_variants_are_clean_plus_each_family_by_severity_plus_a_mix():
         ("fog", 3, False),
         ("fog", 3, True),
     ]
-    assert len(calibration_variants()) == 1 + 17 * 6
+    assert len(calibration_variants(severities=(1, 2, 3, 4, 5), mixes=True)) == 1 + 17 * 6
 
 
 class TestMakeVariant:

@@ -125,7 +125,7 @@ def estimate(
         signal=primary,
         signal_value=values[primary],
         calibration=calibration.source,
-        calibration_mae=calibration.selected_mae,
+        calibration_mae=_held_out_error(calibration, estimator, fell_back),
         weighted_flips=trajectory.signals["wf"][trajectory.steps],
         signals=trajectory.signals,
         baselines=baselines,
@@ -205,3 +205,16 @@ def _warnings(
     if trajectory.used_fraction == 0.0 and config.steps > 0:
         notes.append("no sample passed the entropy and redundancy filters: nothing adapted")
     return notes
+
+
+def _held_out_error(
+    calibration: Calibration, estimator: Estimator, fell_back: bool
+) -> float | None:
+    """The held-out error of what produced the estimate: the selected estimator's, or on a short
+    run the error of the single fit it fell back to (when the calibration stored it)."""
+    if fell_back and estimator.kind == "fit" and len(estimator.features) == 1:
+        try:
+            return calibration.fit(estimator.features[0]).mae
+        except KeyError:
+            return None
+    return calibration.selected_mae
