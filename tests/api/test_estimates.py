@@ -29,7 +29,13 @@ class TestCreateEstimate:
         body = response.json()
         assert response.headers["location"] == f"/v1/jobs/{body['id']}"
         assert (body["kind"], body["state"], body["window_index"]) == ("estimate", "queued", 0)
-        assert body["progress"] == {"steps_done": 0, "steps_total": 20, "fraction": 0.0}
+        assert body["progress"] == {
+            "steps_done": 0,
+            "steps_total": 20,
+            "fraction": 0.0,
+            "unit": "step",
+            "eta_seconds": None,
+        }
         assert dispatcher.sent == [uuid.UUID(body["id"])]
         session.refresh(stream)
         assert (stream.current_window_index, stream.window_fill) == (1, 0)

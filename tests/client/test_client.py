@@ -157,7 +157,7 @@ def batch_count(session: Session, stream_id: str) -> int:
 
 def reference_zip(path: Path) -> Path:
     with zipfile.ZipFile(path, "w") as archive:
-        for cls in ("cat", "dog"):
+        for cls in [f"class{c}" for c in range(10)]:  # one folder per class of the 10-class model
             for i in range(2):
                 archive.writestr(f"{cls}/{i}.png", image_bytes(i))
     return path
@@ -252,7 +252,10 @@ class TestCalibrations:
             severities=[2, 4],
         )
         assert calibration.state == "queued"
-        assert (calibration.reference_images, calibration.reference_classes) == (4, ["cat", "dog"])
+        assert (calibration.reference_images, calibration.reference_classes) == (
+            20,
+            [f"class{c}" for c in range(10)],
+        )
         assert calibration.options == {
             "steps": 50,
             "families": ["contrast", "fog"],
@@ -637,7 +640,7 @@ class TestAlerts:
             kind="embedding_above",
             threshold=10.0,
             embedding_kind="frechet",
-            webhook_url="https://hooks.example.com/flipwatch",
+            webhook_url="https://93.184.215.14/flipwatch",
         )
         assert (floor.state, floor.streak, floor.windows, floor.embedding_kind) == (
             "ok",
@@ -645,7 +648,7 @@ class TestAlerts:
             3,
             None,
         )
-        assert drift.webhook_url == "https://hooks.example.com/flipwatch"
+        assert drift.webhook_url == "https://93.184.215.14/flipwatch"
         assert [r.name for r in api.list_alert_rules(stream.id)] == ["floor", "drift"]
         assert api.get_alert_rule(stream.id, floor.id) == floor
         api.delete_alert_rule(stream.id, drift.id)
