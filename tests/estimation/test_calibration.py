@@ -6,7 +6,6 @@ import torch
 
 from flipwatch.workers.estimation import EstimateConfig, calibrate
 from flipwatch.workers.estimation.calibration import fit_points, leave_one_group_out_mae
-from flipwatch.workers.estimation.calibration_result import fit_rank
 from flipwatch.workers.estimation.variants import CalibrationPoint, calibration_variants
 
 
@@ -73,7 +72,11 @@ class TestCalibrate:
             ("contrast", 4, False, "balanced:128"),
         ]
         assert seen == [(i, 15) for i in range(1, 16)]  # 5 variants × 3 trajectory settings
-        assert calibration.selected == min(calibration.fits, key=fit_rank).key
+        # selection runs over every candidate (fits at every setting, baselines, stacks) and
+        # keeps the one with the lowest held-out error
+        best = min(calibration.candidates.values())
+        assert calibration.candidates[calibration.selected_estimator.name] == best
+        assert any(name.startswith("raw:") for name in calibration.candidates)  # baselines compete
         assert (calibration.probe_size, calibration.steps, calibration.num_classes) == (200, 4, 10)
         clean = calibration.points[0]
         assert calibration.reference_accuracy == clean.accuracy

@@ -174,7 +174,8 @@ class TestEstimate:
             "probe of 80 images: below 100 the estimate degrades clearly (spec §10.1)",
             "probe size 80 differs from the calibration's 200; flips were rescaled to a "
             "1000-image probe",
-            "4 steps do not reach the selected checkpoint wf@8; used the best fit within reach",
+            "4 steps do not reach the selected estimator's checkpoint (8); used fit:uf@4, the "
+            "best in reach",
         ]
 
     def test_refuses_a_model_without_calibration_naming_the_fix(
