@@ -61,7 +61,7 @@ class TestCalibrate:
             config=CONFIG,
             families=["contrast"],
             severities=(2, 4),
-            mixes=False,  # no class-mix variants: the corruption suite and the spread subsets
+            class_mixes=False,  # the corruption suite and the spread subsets only
             progress=lambda done, total: seen.append((done, total)),
         )
         assert [(p.family, p.severity, p.mixed, p.subset) for p in calibration.points] == [
