@@ -290,7 +290,7 @@ def main() -> None:
     probe = images
 
     tune_started = time.perf_counter()
-    plan = fastpath.choose_plan(model, spec, device, batch_size=BATCH)
+    plan = fastpath.choose_plan(model, spec, device, batch_size=BATCH, tune=True)
     tune_seconds = time.perf_counter() - tune_started
     heavy = sum(p.numel() for p in model.parameters()) > 2_000_000
     measure_steps = args.measure_steps or (2 if heavy and device.type == "cpu" else 20)

@@ -326,6 +326,26 @@ class Estimate:
 
 
 @dataclass(frozen=True)
+class WindowRealized:
+    """A window touched by posted labels: its realized accuracy beside the label-free estimate
+    (None below FLIPWATCH_REALIZED_MIN_LABELS labels)."""
+
+    window_index: int
+    estimate_id: str | None
+    labeled_count: int
+    estimated_accuracy: float | None
+    realized_accuracy: float | None
+    estimator_error: float | None
+
+
+@dataclass(frozen=True)
+class LabelsAccepted:
+    images_labeled: int
+    windows: list[WindowRealized]
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
 class AlertRule:
     """A drift alert rule of a stream with its state (`ok` or `firing`) and streak."""
 
@@ -786,6 +806,20 @@ class FlipwatchClient:
                 raise JobTimeout(job, timeout)
             self._sleep(min(poll, remaining))
 
+    # --- labels --------------------------------------------------------------------------------
+
+    def post_labels(self, stream_id: Id, labels: Iterable[Mapping[str, Any]]) -> LabelsAccepted:
+        """Send true classes that arrived later, each `{"image_id" or "sha256": ..., "label":
+        int}` (up to 10,000 per call); the answer has each touched window's realized accuracy.
+        Setting a label twice is harmless, so a lost answer is resent."""
+        response = self._request(
+            "POST",
+            f"/v1/streams/{stream_id}/labels",
+            retry=_Retry.IDEMPOTENT,
+            body={"labels": [dict(item) for item in labels]},
+        )
+        return _from_json(LabelsAccepted, response.json())
+
     # --- alerts --------------------------------------------------------------------------------
 
     def create_alert_rule(
@@ -961,11 +995,13 @@ __all__ = [
     "JobLink",
     "JobProgress",
     "JobTimeout",
+    "LabelsAccepted",
     "Model",
     "Page",
     "RetryPolicy",
     "Stream",
     "TransportFailed",
     "WindowFill",
+    "WindowRealized",
     "retry_after_seconds",
 ]

@@ -25,13 +25,15 @@ from typing import Any
 
 import httpx
 import pytest
+import torch
 import uvicorn
 import yaml
 from sqlalchemy import Engine
 
 from flipwatch.cli.startup import build_server, free_port
+from flipwatch.client import Estimate, FlipwatchClient
 from flipwatch.demos.data import DemoSplits
-from flipwatch.demos.http import FlipwatchClient, png_bytes
+from flipwatch.demos.http import png_bytes
 from flipwatch.service.core.auth import create_api_key
 from flipwatch.workers.estimation.spec import ModelSpec
 from flipwatch.workers.estimation.variants import make_variant
@@ -221,19 +223,24 @@ def test_drift_alert_fires_on_shifted_windows_and_resolves_on_clean_ones(
     clean = splits.heldout.images[:E2E_WINDOW]
     shifted = make_variant(clean, "gaussian_noise", 4, False, seed=1000)
     with httpx.Client(base_url=stack.api_url, timeout=60) as http:
-        client = FlipwatchClient(http, stack.admin_token)
+        client = FlipwatchClient(token=stack.admin_token, http=http)
         model = client.register_model(spec, Path(spec.weights or ""))
-        calibration = client.start_calibration(model["id"], reference_archive)
-        client.wait_job(str(calibration["job_id"]), timeout=JOB_TIMEOUT)
+        calibration = client.start_calibration(model.id, reference_archive)
+        client.wait_job(str(calibration.job_id), timeout=JOB_TIMEOUT)
         stream = client.create_stream(
-            f"prom-{secrets.token_hex(3)}", model["id"], window_size=E2E_WINDOW, steps=E2E_STEPS
+            f"prom-{secrets.token_hex(3)}", model.id, window_size=E2E_WINDOW, steps=E2E_STEPS
         )
-        client._call(
-            "POST",
-            f"/v1/streams/{stream['id']}/alert-rules",
-            json={"name": "floor", "kind": "accuracy_below", "threshold": 0.8, "windows": 1},
+        client.create_alert_rule(
+            stream.id, name="floor", kind="accuracy_below", threshold=0.8, windows=1
         )
-        name = stream["name"]
+        name = stream.name
+
+        def window_estimate(images: torch.Tensor) -> Estimate:
+            """Post one whole window; the estimate its closing batch queued."""
+            batches = client.post_images(stream.id, [png_bytes(i) for i in images], batch_size=64)
+            (job,) = [link for batch in batches for link in batch.jobs]
+            finished = client.wait_job(job.id, timeout=JOB_TIMEOUT)
+            return client.get_estimate(str(finished.estimate_id))
 
         # Both targets are scraped and up.
         def targets_up() -> bool:
@@ -242,11 +249,8 @@ def test_drift_alert_fires_on_shifted_windows_and_resolves_on_clean_ones(
 
         wait_for("both scrape targets up", targets_up)
 
-        (job_id,) = client.post_images(stream["id"], shifted)
-        shifted_estimate = client.estimate(
-            client.wait_job(job_id, timeout=JOB_TIMEOUT)["estimate_id"]
-        )
-        assert shifted_estimate["estimated_accuracy"] < 0.8
+        shifted_estimate = window_estimate(shifted)
+        assert shifted_estimate.estimated_accuracy < 0.8
         started = time.monotonic()
         (firing,) = wait_for(
             "FlipwatchDriftAlertFiring to fire",
@@ -259,20 +263,17 @@ def test_drift_alert_fires_on_shifted_windows_and_resolves_on_clean_ones(
         fired_in = time.monotonic() - started
         assert firing["labels"]["rule"] == "floor"
         assert firing["labels"]["severity"] == "warning"
-        assert firing["labels"]["model"] == model["name"]
+        assert firing["labels"]["model"] == model.name
         # The accuracy alert waits its `for: 15m`: pending, not firing.
         (low,) = wait_for(
             "FlipwatchEstimatedAccuracyLow pending",
             lambda: prometheus.alerts("FlipwatchEstimatedAccuracyLow", name),
         )
         assert low["state"] == "pending"
-        assert float(low["value"]) == pytest.approx(shifted_estimate["estimated_accuracy"])
+        assert float(low["value"]) == pytest.approx(shifted_estimate.estimated_accuracy)
 
-        (job_id,) = client.post_images(stream["id"], clean)
-        clean_estimate = client.estimate(
-            client.wait_job(job_id, timeout=JOB_TIMEOUT)["estimate_id"]
-        )
-        assert clean_estimate["estimated_accuracy"] >= 0.8
+        clean_estimate = window_estimate(clean)
+        assert clean_estimate.estimated_accuracy >= 0.8
         started = time.monotonic()
         wait_for(
             "FlipwatchDriftAlertFiring to resolve",
@@ -284,20 +285,18 @@ def test_drift_alert_fires_on_shifted_windows_and_resolves_on_clean_ones(
         # Labels arrive later for the clean window (by content hash): the worker stored the
         # model's prediction per image, so the realized accuracy is the model's true accuracy.
         true = splits.heldout.labels[:E2E_WINDOW].tolist()
-        body = {
-            "labels": [
+        labeled = client.post_labels(
+            stream.id,
+            [
                 {"sha256": hashlib.sha256(png_bytes(image)).hexdigest(), "label": int(label)}
                 for image, label in zip(clean, true, strict=True)
-            ]
-        }
-        labeled = client._call("POST", f"/v1/streams/{stream['id']}/labels", json=body)
-        (window,) = labeled["windows"]
-        assert window["window_index"] == 1 and window["labeled_count"] == E2E_WINDOW
-        realized = window["realized_accuracy"]
-        assert 0.85 <= realized <= 1.0  # the demo CNN on clean MNIST digits
-        assert window["estimator_error"] == pytest.approx(
-            clean_estimate["estimated_accuracy"] - realized
+            ],
         )
+        (window,) = labeled.windows
+        assert window.window_index == 1 and window.labeled_count == E2E_WINDOW
+        realized = window.realized_accuracy
+        assert 0.85 <= realized <= 1.0  # the demo CNN on clean MNIST digits
+        assert window.estimator_error == pytest.approx(clean_estimate.estimated_accuracy - realized)
         series = wait_for(
             "flipwatch_realized_accuracy_ratio in Prometheus",
             lambda: prometheus.get(

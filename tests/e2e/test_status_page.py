@@ -5,6 +5,7 @@ baselines and a marker per alert state change."""
 from __future__ import annotations
 
 import itertools
+import re
 import shutil
 import socket
 import subprocess
@@ -191,6 +192,11 @@ def test_chart_has_one_point_per_estimate_with_baselines_and_alert_markers(seede
     assert seeded["changes"] == [(3, "firing"), (6, "resolved")]
     assert [(int(m["data-window"]), m["data-state"]) for m in markers] == seeded["changes"]
     assert {m["data-rule"] for m in markers} == {"floor"}
+
+    # The 90% interval: one closed band through every estimate's upper, then lower, bound.
+    (band,) = dom.elements("page-cams", "path", "interval-band")
+    corners = re.findall(r"[ML](-?[\d.]+),(-?[\d.]+)", band["d"] or "")
+    assert len(corners) == 2 * len(ACCURACIES) and (band["d"] or "").endswith("Z")
 
     assert set(dom.charts) == {"page-cams"}  # page-empty has no estimates: no chart
 

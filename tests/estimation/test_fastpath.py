@@ -237,10 +237,19 @@ class TestPlans:
         assert any(p.bf16 for p in candidates) == fastpath.cpu_supports_bf16()
         assert {p.threads for p in candidates} == {None, 1}
 
-    def test_choose_plan_measures_once_per_model_shape(self, tiny_model, tiny_spec):
-        first = fastpath.choose_plan(tiny_model, tiny_spec, CPU, batch_size=64)
-        again = fastpath.choose_plan(confident_tiny(seed=5), tiny_spec, CPU, batch_size=64)
+    def test_cpu_plan_is_a_fixed_rule_so_estimates_do_not_depend_on_load(
+        self, tiny_model, tiny_spec
+    ):
+        plan = fastpath.choose_plan(tiny_model, tiny_spec, CPU, batch_size=64)
+        assert plan == fastpath.FastPlan(CPU, channels_last=True, bf16=fastpath.cpu_supports_bf16())
+
+    def test_tuned_choice_measures_once_per_model_shape(self, tiny_model, tiny_spec):
+        first = fastpath.choose_plan(tiny_model, tiny_spec, CPU, batch_size=64, tune=True)
+        again = fastpath.choose_plan(
+            confident_tiny(seed=5), tiny_spec, CPU, batch_size=64, tune=True
+        )
         assert first is again
+        assert first in fastpath.cpu_candidates(torch.get_num_threads())
         assert first.device == CPU and not first.compile
 
     def test_fast_normalisation_equals_the_plain_one(self, tiny_spec, tiny_images):

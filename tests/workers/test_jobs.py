@@ -226,9 +226,10 @@ class TestEstimateJob:
         tiny_weights: Path,
         tiny_calibration: dict[str, Any],
     ) -> None:
-        # Calibrated over 10 steps (checkpoints 0 and 10) with wf@10 selected; a 60-step stream
-        # records only 0/50/60 by default, so the selected checkpoint must be recorded on purpose.
-        calibration = {**tiny_calibration, "selected": "wf@10"}
+        # Calibrated over 10 steps (checkpoints 0 and 10) with the fit wf@10 as its estimator (a
+        # calibration stored before estimators were kept); a 60-step stream records only 0/50/60
+        # by default, so the selected checkpoint must be recorded on purpose.
+        calibration = {**tiny_calibration, "selected": "wf@10", "estimator": None}
         stream_id, (job_id,) = setup_estimate(
             session_factory, worker_settings, tiny_weights, calibration, steps=60
         )
@@ -628,7 +629,9 @@ def test_calibrate_job_stores_a_calibration_that_estimates_use(
     assert outcome is jobs.JobOutcome.SUCCEEDED
     finished = load_job(session_factory, job_id)
     assert finished.state == "succeeded"
-    assert finished.steps_done == finished.steps_total == 4  # clean, noise 2 and 4, a mix
+    # 10 variants x 3 trajectory settings: clean, noise 2 and 4, a half-corrupted mix; clean in
+    # 3 skewed class mixes and noise in one; 2 subsampled spread variants (clean, noise)
+    assert finished.steps_done == finished.steps_total == (4 + 4 + 2) * 3
     with session_factory() as session:
         stored = session.get(Calibration, calibration_id)
         assert stored is not None
@@ -667,7 +670,11 @@ def test_calibrate_job_follows_the_requests_own_suite_and_steps(
         result = session.get(Calibration, calibration_id).result  # type: ignore[union-attr]
     assert result["steps"] == 6
     variants = [(p["family"], p["severity"], p["mixed"]) for p in result["points"]]
-    assert variants == [("clean", 0, False), ("contrast", 3, False), ("contrast", 5, False)]
+    assert [v for v, p in zip(variants, result["points"]) if p["subset"] is None] == [
+        ("clean", 0, False),
+        ("contrast", 3, False),
+        ("contrast", 5, False),
+    ]
 
 
 def test_calibrate_job_with_a_bad_reference_folder_fails_both_rows(

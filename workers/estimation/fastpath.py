@@ -13,9 +13,11 @@ differently:
   step never waits for the host. A group whose filters keep nothing leaves its parameters,
   momentum and EMA exactly as the reference does (it skips `optimizer.step`).
 * Per device a `FastPlan` chooses memory format, bf16 autocast (BN statistics, softmax, entropy
-  and the loss stay fp32), threads and `torch.compile`; on CPU the candidates are timed on the
-  model itself (`choose_plan`), on CUDA the plan is fixed (bf16 + channels_last + compile with an
-  eager fallback).
+  and the loss stay fp32), threads and `torch.compile`. The plan is a fixed rule per device, never
+  a timing (CPU: channels_last, bf16 only with native support; CUDA: bf16 + channels_last +
+  compile with an eager fallback): a timed choice would flip with the machine's load, and with it
+  the rounding, so two workers could give one window two estimates. `choose_plan(tune=True)`
+  times the CPU candidates on the model itself, for benchmarks.
 * Probe snapshots run in `torch.inference_mode`; the source model's probe predictions (eval mode,
   running statistics, so independent of the chunking) run once, in large batches, in fp32.
 
@@ -64,7 +66,7 @@ UPLOAD_BYTES = 4 << 30
 
 @dataclass(frozen=True)
 class FastPlan:
-    """How the fast path runs on one device: measured on CPU, fixed on CUDA."""
+    """How the fast path runs on one device: a fixed rule per device (`choose_plan`)."""
 
     device: torch.device
     channels_last: bool = False
@@ -489,13 +491,15 @@ def choose_plan(
     device: torch.device,
     *,
     batch_size: int,
-    tune: bool = True,
+    tune: bool = False,
 ) -> FastPlan:
     """The fast plan for this model on this device.
 
-    CUDA: fixed (`cuda_plan`). CPU: each candidate (memory format × native bf16 × threads) runs a
-    few forward+backward passes of the model on random input and the fastest wins; decisions are
-    cached per model shape, input size and thread count, so a worker measures once per model.
+    CUDA: fixed (`cuda_plan`). CPU: channels_last, with bf16 autocast where the processor has
+    native bf16; the same on every run, so estimates are reproducible. With `tune` each candidate
+    (memory format × native bf16 × threads) runs a few forward+backward passes of the model on
+    random input and the fastest wins (benchmarks). Plans are cached per model shape, input size,
+    batch size and thread count.
     """
     if device.type == "cuda":
         return cuda_plan(device)
@@ -507,6 +511,7 @@ def choose_plan(
         tuple(spec.input.size),
         batch_size,
         threads,
+        tune,
     )
     with _plan_lock:
         cached = _plan_cache.get(key)
@@ -514,7 +519,7 @@ def choose_plan(
         return cached
     candidates = cpu_candidates(threads)
     if not tune or len(candidates) == 1:
-        plan = FastPlan(device=torch.device("cpu"), channels_last=True)
+        plan = FastPlan(device=torch.device("cpu"), channels_last=True, bf16=cpu_supports_bf16())
     else:
         timings = time_candidates(model, spec, candidates, batch_size=batch_size)
         plan = min(timings, key=timings.__getitem__)

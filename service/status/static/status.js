@@ -235,13 +235,14 @@
     // The 90 % prediction interval: a band between lower and upper, where windows have one.
     var banded = series.filter(function (p) { return isNumber(p.lower) && isNumber(p.upper); });
     if (banded.length) {
-      var top = banded.map(function (p, k) {
-        return (k ? "L" : "M") + x(p.window_index).toFixed(1) + "," + y(p.upper).toFixed(1);
+      // x takes the point (its time); `top` above is the plot's top edge, not a path.
+      var upperEdge = banded.map(function (p, k) {
+        return (k ? "L" : "M") + x(p).toFixed(1) + "," + y(p.upper).toFixed(1);
       });
-      var bottom = banded.slice().reverse().map(function (p) {
-        return "L" + x(p.window_index).toFixed(1) + "," + y(p.lower).toFixed(1);
+      var lowerEdge = banded.slice().reverse().map(function (p) {
+        return "L" + x(p).toFixed(1) + "," + y(p.lower).toFixed(1);
       });
-      svg("path", { class: "interval-band", d: top.concat(bottom).join(" ") + " Z" }, root);
+      svg("path", { class: "interval-band", d: upperEdge.concat(lowerEdge).join(" ") + " Z" }, root);
       legend.push({ label: "90% interval", color: "rgba(37, 99, 235, 0.18)", dashed: false });
     }
 
