@@ -670,7 +670,7 @@ def test_calibrate_job_follows_the_requests_own_suite_and_steps(
         result = session.get(Calibration, calibration_id).result  # type: ignore[union-attr]
     assert result["steps"] == 6
     variants = [(p["family"], p["severity"], p["mixed"]) for p in result["points"]]
-    assert [v for v, p in zip(variants, result["points"]) if p["subset"] is None] == [
+    assert [v for v, p in zip(variants, result["points"], strict=True) if p["subset"] is None] == [
         ("clean", 0, False),
         ("contrast", 3, False),
         ("contrast", 5, False),
