@@ -42,8 +42,17 @@ def model_and_spec(demo_model):
 def calibration(model_and_spec, splits) -> Calibration:
     model, spec = model_and_spec
     ref = splits.reference
+    # One trajectory setting (the reference one): the learning-rate grid is the unit tests' and
+    # the quality benchmark's business, and would triple this fixture's time.
     return calibrate(
-        model, ref.images, ref.labels, spec=spec, config=CONFIG, device=CPU, families=FAMILIES
+        model,
+        ref.images,
+        ref.labels,
+        spec=spec,
+        config=CONFIG,
+        device=CPU,
+        families=FAMILIES,
+        settings=(),
     )
 
 
@@ -59,12 +68,22 @@ def _estimate(model, spec, calibration, images) -> float:
 
 
 def test_calibration_selects_a_source_flip_signal_that_beats_confidence_baselines(calibration):
-    """offline-data.md: on this model the source-vs-adapted flips carry the signal."""
-    estimator = calibration.selected_estimator
-    assert any(f.startswith(("wf_source", "uf_source")) for f in estimator.features)
-    assert calibration.selected_mae < 0.08
-    assert calibration.selected_mae < calibration.baseline_mae["ac"] / 2
-    assert calibration.selected_mae < calibration.baseline_mae["atc"] / 2
+    """offline-data.md: on this model the source-vs-adapted flips carry the signal; the
+    selection (flip fits, baselines and stacks competing) keeps something at least as good."""
+    source_flips = [
+        mae
+        for name, mae in calibration.candidates.items()
+        if name.startswith(("fit:wf_source", "fit:uf_source"))
+    ]
+    assert min(source_flips) < calibration.baseline_mae["ac"] / 2
+    assert calibration.candidates[calibration.selected_estimator.name] <= min(source_flips)
+    # the nested error (selection repeated without each family) still beats the confidence
+    # baselines' plain leave-one-family-out error
+    confidence = {m: calibration.baseline_mae[m] for m in ("ac", "doc", "atc")}
+    assert calibration.selected_mae < min(confidence.values()), (
+        calibration.selected_mae,
+        confidence,
+    )
 
 
 def test_estimate_falls_as_severity_rises(model_and_spec, calibration, splits):
