@@ -85,6 +85,7 @@ async def create_batch(
         api_key=key,
         uploads=uploads,
         idempotency_key=idempotency_key,
+        decode=pool.decode_all if (pool := request.app.state.decode_pool) else None,
     )
     outbox.add(*(job.id for job in result.jobs))
     headers = {"Location": f"/v1/streams/{stream_id}"}
