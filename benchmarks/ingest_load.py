@@ -11,12 +11,14 @@ files under data_dir/images, and nothing left in data_dir/incoming.
 `--validation` picks where image validation (`check_image`: header, then a full Pillow decode)
 runs: `inline` (the request's threadpool thread, FLIPWATCH_VALIDATION_PROCESSES=0), `process`
 (a process pool of `--processes` workers), or `both` (one after the other, each on its own fresh
-database and data dir, same load), so before and after come from the same run. The JSON also
+database and data dir, same load; `--rounds N` alternates them N times), so before and after
+come from the same run. The JSON also
 gives the measured cost of validating one batch in this process (`validate_batch_s`), to show
 what share of the API's time validation is.
 
     nice -n 10 python benchmarks/ingest_load.py [--clients 8] [--streams 4] [--duration 30]
         [--max-requests 600] [--batch 64] [--validation inline|process|both] [--processes 2]
+        [--rounds 1]
 
 Loopback only; Postgres from FLIPWATCH_BENCH_POSTGRES_URL (default postgres@127.0.0.1:5432),
 Redis from FLIPWATCH_BENCH_REDIS_URL (default redis://127.0.0.1:6379/15; nothing is written).
@@ -365,11 +367,15 @@ def main() -> int:
     parser.add_argument("--side", type=int, default=224, help="image side in pixels")
     parser.add_argument("--validation", choices=["inline", "process", "both"], default="both")
     parser.add_argument("--processes", type=int, default=2, help="pool size of `process`")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="with `both`: inline, process, inline, ... rounds"
+    )
     args = parser.parse_args()
 
     bases = base_jpegs(args.batch, args.side)
     modes = ["inline", "process"] if args.validation == "both" else [args.validation]
-    results = [one_mode(mode, args, bases) for mode in modes]
+    # Alternating rounds, so that a shared machine's drifting load slows both modes alike.
+    results = [one_mode(mode, args, bases) for _ in range(args.rounds) for mode in modes]
     import PIL
 
     out = {
@@ -386,6 +392,17 @@ def main() -> int:
         },
         "validate_batch_s": round(validation_cost(bases, args.batch), 4),
         "runs": results,
+        "summary": {
+            mode: {
+                "rounds": len(runs),
+                "median_images_per_s": statistics.median(r["images_per_s"] for r in runs),
+                "median_p50_s": statistics.median(r["latency_s"]["p50"] for r in runs),
+                "median_p95_s": statistics.median(r["latency_s"]["p95"] for r in runs),
+                "errors": sum(r["errors"] for r in runs),
+            }
+            for mode in modes
+            if (runs := [r for r in results if r["validation"] == mode])
+        },
         "all_consistent": all(r["reconciliation"]["consistent"] for r in results),
         "hardware": {
             "cpu_count": os.cpu_count(),

@@ -2,10 +2,10 @@
 
 A webhook URL is an admin-supplied target the API process will POST to, so without a guard it
 reaches loopback services, the cloud metadata endpoint (169.254.169.254) or the private network
-(SSRF). A URL may not carry credentials (every read key sees the rule). Every address the host
-resolves to must be global; `webhook_allowed_networks` lists the
+(SSRF). Every address the host resolves to must be global; `webhook_allowed_networks` lists the
 CIDRs that are allowed anyway (an internal receiver). Checked when a rule is saved and again
-before each delivery, since DNS answers change.
+before each delivery, since DNS answers change. A URL may not carry credentials either: every read
+key sees the rule, and the URL appears in logs.
 """
 
 from __future__ import annotations

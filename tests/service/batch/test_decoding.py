@@ -38,3 +38,20 @@ def test_validate_batch_with_a_pool_rejects_the_truncated_file_by_name() -> None
 
     errors = rejected.value.extra["errors"]
     assert [(e["file"], e["index"]) for e in errors] == [("cut.png", 1)]
+
+
+def test_a_broken_pool_decodes_in_the_calling_thread_and_is_replaced() -> None:
+    good = patterned_image("PNG")
+    pool = DecodePool(1)
+    try:
+        assert pool.decode_all([good]) == [None]
+        broken = pool._executor
+        for process in list(broken._processes.values()):  # the OOM killer, say
+            process.kill()
+            process.join()
+
+        assert pool.decode_all([good, good[:100]])[0] is None
+        assert pool._executor is not broken
+        assert pool.decode_all([good]) == [None]
+    finally:
+        pool.shutdown()
