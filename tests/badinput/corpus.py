@@ -720,6 +720,32 @@ ARCHIVES = [
         ("steps",),
     ),
     Case(
+        "calibration_with_two_archive_fields_is_refused",
+        lambda: Request(
+            "POST",
+            CALIBRATE,
+            files=[
+                ("archive", ("a.zip", p.zip_bytes(p.reference()), "application/zip")),
+                ("archive", ("b.zip", p.zip_bytes(p.reference(classes=3)), "application/zip")),
+            ],
+        ),
+        422,
+        "invalid-request",
+        ("archive",),
+    ),
+    Case(
+        "calibration_with_two_steps_fields_is_refused",
+        lambda: Request(
+            "POST",
+            CALIBRATE,
+            files=[("archive", ("r.zip", p.zip_bytes(p.reference()), "application/zip"))],
+            data={"steps": ["10", "20"]},  # type: ignore[dict-item]
+        ),
+        422,
+        "invalid-request",
+        ("steps",),
+    ),
+    Case(
         "calibration_without_an_archive_field_is_refused",
         lambda: Request("POST", CALIBRATE, data={"steps": "10"}),
         422,
@@ -734,6 +760,18 @@ MODELS = [
         lambda: model_form("{not json", b"weights"),
         422,
         "invalid-model-spec",
+        ("spec",),
+    ),
+    Case(
+        "model_with_two_spec_fields_is_refused",
+        lambda: Request(
+            "POST",
+            "/v1/models",
+            files=[("weights", ("w.pt", b"weights", "application/octet-stream"))],
+            data={"spec": [SPEC, SPEC]},
+        ),
+        422,
+        "invalid-request",
         ("spec",),
     ),
     Case(
