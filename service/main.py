@@ -34,6 +34,7 @@ from flipwatch.service.api.routes import (
     status_page,
     streams,
 )
+from flipwatch.service.batch.decoding import DecodePool
 from flipwatch.service.core import staging
 from flipwatch.service.core.auth import ensure_api_key
 from flipwatch.service.core.db import make_engine, make_sessionmaker
@@ -93,6 +94,8 @@ def create_app(
         staging.sweep_incoming(
             app.state.sessionmaker, settings.data_dir, grace_seconds=settings.orphan_grace_seconds
         )
+        if settings.validation_processes > 0:
+            app.state.decode_pool = DecodePool(settings.validation_processes)
         maintenance = MaintenanceThread(lambda: app.state.sessionmaker, settings)
         maintenance.start()
         deliverer = None
@@ -112,6 +115,9 @@ def create_app(
                 metrics_server.shutdown()
                 metrics_server.server_close()
             maintenance.stop()
+            if app.state.decode_pool is not None:
+                app.state.decode_pool.shutdown()
+                app.state.decode_pool = None
             if deliverer is not None:
                 deliverer.stop()
             if engine is not None:
@@ -137,6 +143,7 @@ def create_app(
     app.state.broker_check = broker_check
     app.state.model_check = model_check
     app.state.webhook_deliverer = None
+    app.state.decode_pool = None  # a DecodePool while running, with validation_processes > 0
     app.state.metrics = ApiMetrics(
         lambda: app.state.sessionmaker, error_windows=settings.estimator_error_windows
     )

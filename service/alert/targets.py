@@ -4,7 +4,8 @@ A webhook URL is an admin-supplied target the API process will POST to, so witho
 reaches loopback services, the cloud metadata endpoint (169.254.169.254) or the private network
 (SSRF). Every address the host resolves to must be global; `webhook_allowed_networks` lists the
 CIDRs that are allowed anyway (an internal receiver). Checked when a rule is saved and again
-before each delivery, since DNS answers change.
+before each delivery, since DNS answers change. A URL may not carry credentials either: every read
+key sees the rule, and the URL appears in logs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ def check_webhook_target(url: str, settings: Settings) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidAlertRule(f"webhook_url {url[:200]!r} must be an http(s) URL with a host")
+    if parts.username is not None or parts.password is not None:
+        # Rules are readable by every read key and appear in logs: a secret in the URL leaks.
+        raise InvalidAlertRule(
+            "webhook_url must not carry credentials (user:password@); authenticate the receiver "
+            "with the X-Flipwatch-Signature HMAC (FLIPWATCH_WEBHOOK_SECRET) instead"
+        )
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)

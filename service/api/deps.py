@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -117,3 +118,29 @@ StreamID = Annotated[uuid.UUID, Path(description="A stream id (GET /v1/streams).
 JobID = Annotated[uuid.UUID, Path(description="A job id (from a batch or estimate answer).")]
 CalibrationID = Annotated[uuid.UUID, Path(description="A calibration id.")]
 EstimateID = Annotated[uuid.UUID, Path(description="An estimate id.")]
+
+
+def single_form_fields(*names: str) -> Any:
+    """A route dependency: each of these multipart fields at most once (422 naming a repeat).
+
+    FastAPI keeps the last of repeated values, so `steps=10&steps=2000` or two `archive` files
+    would silently run on one of them; a repeat is an ambiguous request, refused like any invalid
+    field (the same 422 `invalid-request` body).
+    """
+
+    async def check(request: Request) -> None:
+        form = await request.form()  # already parsed for the route's Form()/File() parameters
+        repeated = [name for name in names if len(form.getlist(name)) > 1]
+        if repeated:
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ("body", name),
+                        "msg": f"sent {len(form.getlist(name))} times; send this field once",
+                        "type": "value_error",
+                    }
+                    for name in repeated
+                ]
+            )
+
+    return Depends(check)

@@ -13,6 +13,7 @@ import hashlib
 import io
 import struct
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,24 @@ def name_problem(name: str) -> str | None:
     return None
 
 
-def validate_batch(uploads: list[Upload], settings: Settings) -> list[CheckedImage]:
+Decoder = Callable[[Sequence[bytes]], list[str | None]]
+"""Decodes files fully and says why each one failed (None: it decoded); e.g. a process pool."""
+
+
+def _decode_here(files: Sequence[bytes]) -> list[str | None]:
+    reasons: list[str | None] = []
+    for data in files:
+        try:
+            decode_fully(data)
+            reasons.append(None)
+        except ValueError as exc:
+            reasons.append(str(exc))
+    return reasons
+
+
+def validate_batch(
+    uploads: list[Upload], settings: Settings, decode: Decoder | None = None
+) -> list[CheckedImage]:
     """Check the whole batch; raise one error listing every failing file, or return all.
 
     Cheap checks first (counts, sizes, names, image headers), then the decode budget (the
@@ -185,12 +203,11 @@ def validate_batch(uploads: list[Upload], settings: Settings) -> list[CheckedIma
     _check_decode_budget(uploads, headers, settings.max_batch_pixels)
 
     checked: list[CheckedImage] = []
-    for i, (image_format, width, height, _) in headers.items():
+    reasons = (decode or _decode_here)([uploads[i].data for i in headers])
+    for (i, (image_format, width, height, _)), reason in zip(headers.items(), reasons, strict=True):
         upload = uploads[i]
-        try:
-            decode_fully(upload.data)
-        except ValueError as exc:
-            errors.append({"file": _printable(upload.name), "index": i, "reason": str(exc)})
+        if reason is not None:
+            errors.append({"file": _printable(upload.name), "index": i, "reason": reason})
             continue
         checked.append(
             CheckedImage(
@@ -277,6 +294,7 @@ def ingest_batch(
     api_key: ApiKey,
     uploads: list[Upload],
     idempotency_key: str | None,
+    decode: Decoder | None = None,
 ) -> IngestResult:
     """Validate, store and record one batch; a retried Idempotency-Key returns the first batch.
 
@@ -290,7 +308,7 @@ def ingest_batch(
     previous = find_replay(session, **replay)
     if previous is not None:
         return _replayed(previous)
-    checked = validate_batch(uploads, settings)
+    checked = validate_batch(uploads, settings, decode)
 
     stream = lock_stream(session, stream.id)
     previous = find_replay(session, **replay)

@@ -61,6 +61,13 @@ class Settings(BaseSettings):
     max_batch_files: int = Field(default=512, ge=1)
     max_batch_bytes: int = Field(default=200 * MiB, ge=1)
     max_image_pixels: int = Field(default=40_000_000, ge=1)
+    validation_processes: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="Decode uploaded images in this many spawned processes instead of the "
+        "request's thread; 0 (default, measured by benchmarks/ingest_load.py): in the thread.",
+    )
     max_batch_pixels: int = Field(
         default=400_000_000,
         ge=1,

@@ -11,9 +11,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
+from starlette.types import Message
 
 from flipwatch.service.api.deps import IngestKey, OutboxDep, SessionDep, SettingsDep, StreamID
 from flipwatch.service.api.problems import problem_responses
@@ -83,12 +85,35 @@ async def create_batch(
         api_key=key,
         uploads=uploads,
         idempotency_key=idempotency_key,
+        decode=pool.decode_all if (pool := request.app.state.decode_pool) else None,
     )
     outbox.add(*(job.id for job in result.jobs))
     headers = {"Location": f"/v1/streams/{stream_id}"}
     if result.replayed:
         headers["Idempotent-Replayed"] = "true"
     return JSONResponse(result.accepted.model_dump(mode="json"), status_code=202, headers=headers)
+
+
+class _BodyTail:
+    """Keeps the last bytes of a request body as it streams past the multipart parser."""
+
+    KEEP = 1024  # the closing delimiter, plus any short epilogue after it
+
+    def __init__(self, request: Request) -> None:
+        self._receive = request.receive
+        self.tail = b""
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self.tail = (self.tail + message.get("body", b""))[-self.KEEP :]
+        return message
+
+    def closed_by(self, content_type: str) -> bool:
+        """Whether the body held the closing delimiter `--<boundary>--` of its content type."""
+        _, params = parse_options_header(content_type)
+        boundary = params.get(b"boundary")
+        return boundary is not None and b"--" + boundary + b"--" in self.tail
 
 
 async def _read_uploads(
@@ -109,9 +134,12 @@ async def _read_uploads(
             "send the images as multipart/form-data, one part per file in field 'images'",
             errors=[{"file": None, "index": None, "reason": f"content type {content_type!r}"}],
         )
+    tail = _BodyTail(request)
     try:
         # Parts past the limit are still read (to name them in the 413) up to twice the limit.
-        form = await request.form(max_files=2 * max_files + 10, max_fields=100)
+        form = await Request(request.scope, tail.receive).form(
+            max_files=2 * max_files + 10, max_fields=100
+        )
     except (MultiPartException, StarletteHTTPException) as exc:
         reason = exc.message if isinstance(exc, MultiPartException) else str(exc.detail)
         if "too many" not in reason.lower():
@@ -120,6 +148,14 @@ async def _read_uploads(
             f"cannot read the multipart body: {reason} (at most {max_files} files per batch)",
             errors=[{"file": None, "index": None, "reason": reason}],
         ) from exc
+    if not tail.closed_by(content_type):
+        await form.close()
+        # A body cut off in transit (with a matching Content-Length) would otherwise lose the
+        # parts after the cut silently, and the parts before it would be stored.
+        raise MalformedRequest(
+            "the multipart body ends without its closing boundary (cut off in transit?); "
+            "nothing was stored, send the whole batch again"
+        )
     uploads: list[Upload] = []
     try:
         for field_name, value in form.multi_items():

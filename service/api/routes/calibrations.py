@@ -14,6 +14,7 @@ from flipwatch.service.api.deps import (
     ReadKey,
     SessionDep,
     SettingsDep,
+    single_form_fields,
 )
 from flipwatch.service.api.problems import problem_responses
 from flipwatch.service.calibration import service as calibrations
@@ -27,6 +28,7 @@ router = APIRouter(tags=["calibrations"])
     status_code=status.HTTP_202_ACCEPTED,
     response_model=CalibrationRead,
     responses=problem_responses(401, 403, 404, 413, 422),
+    dependencies=[single_form_fields("archive", "steps", "families", "severities")],
 )
 def create_calibration(
     response: Response,

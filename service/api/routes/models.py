@@ -6,7 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 
-from flipwatch.service.api.deps import AdminKey, ModelID, ReadKey, SessionDep, SettingsDep
+from flipwatch.service.api.deps import (
+    AdminKey,
+    ModelID,
+    ReadKey,
+    SessionDep,
+    SettingsDep,
+    single_form_fields,
+)
 from flipwatch.service.api.problems import problem_responses
 from flipwatch.service.core.pagination import Cursor, Page, page_of
 from flipwatch.service.model import service as models
@@ -20,6 +27,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
     status_code=status.HTTP_201_CREATED,
     response_model=ModelRead,
     responses=problem_responses(401, 403, 413, 422),
+    dependencies=[single_form_fields("spec", "weights")],
 )
 def create_model(
     request: Request,
