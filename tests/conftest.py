@@ -146,6 +146,15 @@ def settings(database_url: str, data_dir: Path) -> Settings:
     )
 
 
+@pytest.fixture(params=["local", "s3"])
+def backend_settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    """The test settings on one storage backend; a test using it runs on both: the local data
+    dir, and a prefix of its own in the real S3 server's bucket."""
+    if request.param == "local":
+        return settings
+    return settings.model_copy(update=s3_storage(request.getfixturevalue("s3_server")))
+
+
 @pytest.fixture
 def session(engine: Engine) -> Iterator[Session]:
     """A session inside an outer transaction that is rolled back after the test.
