@@ -27,9 +27,12 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from flipwatch.service.core.errors import StorageUnavailable
 
 if TYPE_CHECKING:
     from flipwatch.service.core.settings import Settings
@@ -373,28 +376,54 @@ class S3Store:
         code = str(response.get("Error", {}).get("Code", ""))
         return code in ("404", "NoSuchKey", "NotFound")
 
+    @contextmanager
+    def _reachable(self) -> Iterator[None]:
+        """Connection failures, timeouts and 5xx answers (after boto3's retries) become
+        StorageUnavailable: a 503 with Retry-After in the API, a retried job in a worker."""
+        from botocore.exceptions import ClientError, HTTPClientError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+
+        try:
+            yield
+        except ClientError as exc:
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            if status >= 500:
+                raise StorageUnavailable(
+                    f"object storage {self!r} answered {status}; retry later"
+                ) from exc
+            raise
+        except (BotoConnectionError, HTTPClientError) as exc:
+            raise StorageUnavailable(
+                f"object storage {self!r} cannot be reached ({type(exc).__name__}); retry later"
+            ) from exc
+
     def put(self, key: str, data: bytes) -> None:
         md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
-        self._client.put_object(Bucket=self.bucket, Key=self._name(key), Body=data, ContentMD5=md5)
+        with self._reachable():
+            self._client.put_object(
+                Bucket=self.bucket, Key=self._name(key), Body=data, ContentMD5=md5
+            )
 
     def put_file(self, key: str, source: Path | IO[bytes]) -> None:
         name = self._name(key)
-        if isinstance(source, Path):
-            self._client.upload_file(str(source), self.bucket, name, Config=self._transfer)
-        else:
-            self._client.upload_fileobj(source, self.bucket, name, Config=self._transfer)
+        with self._reachable():
+            if isinstance(source, Path):
+                self._client.upload_file(str(source), self.bucket, name, Config=self._transfer)
+            else:
+                self._client.upload_fileobj(source, self.bucket, name, Config=self._transfer)
 
     def get(self, key: str) -> bytes:
         from botocore.exceptions import ClientError
 
-        try:
-            response = self._client.get_object(Bucket=self.bucket, Key=self._name(key))
-        except ClientError as exc:
-            if self._missing(exc):
-                raise FileNotFoundError(f"object {key} is not in {self!r}") from exc
-            raise
-        with response["Body"] as body:
-            return body.read()
+        with self._reachable():
+            try:
+                response = self._client.get_object(Bucket=self.bucket, Key=self._name(key))
+            except ClientError as exc:
+                if self._missing(exc):
+                    raise FileNotFoundError(f"object {key} is not in {self!r}") from exc
+                raise
+            with response["Body"] as body:
+                return body.read()
 
     def download(self, key: str, dest: Path) -> Path:
         from botocore.exceptions import ClientError
@@ -402,7 +431,7 @@ class S3Store:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "wb") as out:
+            with os.fdopen(fd, "wb") as out, self._reachable():
                 try:
                     self._client.download_fileobj(
                         self.bucket, self._name(key), out, Config=self._transfer
@@ -423,37 +452,45 @@ class S3Store:
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 
-        try:
-            self._client.head_object(Bucket=self.bucket, Key=self._name(key))
-        except ClientError as exc:
-            if self._missing(exc):
-                return False
-            raise
+        with self._reachable():
+            try:
+                self._client.head_object(Bucket=self.bucket, Key=self._name(key))
+            except ClientError as exc:
+                if self._missing(exc):
+                    return False
+                raise
         return True
 
     def delete(self, key: str) -> None:
-        self._client.delete_object(Bucket=self.bucket, Key=self._name(key))
+        with self._reachable():
+            self._client.delete_object(Bucket=self.bucket, Key=self._name(key))
 
     def move(self, src: str, dst: str) -> None:
         """Server-side copy, then delete: the bytes never pass through this process."""
         from botocore.exceptions import ClientError
 
-        try:
-            self._client.copy_object(
-                Bucket=self.bucket,
-                Key=self._name(dst),
-                CopySource={"Bucket": self.bucket, "Key": self._name(src)},
-            )
-        except ClientError as exc:
-            if self._missing(exc):
-                raise FileNotFoundError(f"object {src} is not in {self!r}") from exc
-            raise
+        with self._reachable():
+            try:
+                self._client.copy_object(
+                    Bucket=self.bucket,
+                    Key=self._name(dst),
+                    CopySource={"Bucket": self.bucket, "Key": self._name(src)},
+                )
+            except ClientError as exc:
+                if self._missing(exc):
+                    raise FileNotFoundError(f"object {src} is not in {self!r}") from exc
+                raise
         self.delete(src)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         _check_prefix(prefix)
         paginator = self._client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+        pages = iter(paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix))
+        while True:
+            with self._reachable():
+                page = next(pages, None)
+            if page is None:
+                return
             for item in page.get("Contents", ()):
                 key = item["Key"][len(self.prefix) :]
                 yield ObjectInfo(key, int(item["Size"]), item["LastModified"].timestamp())
@@ -468,20 +505,19 @@ class S3Store:
         cutoff = time.time() - older_than_seconds
         aborted = 0
         try:
-            paginator = self._client.get_paginator("list_multipart_uploads")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
-                for upload in page.get("Uploads", ()):
-                    if upload["Initiated"].timestamp() <= cutoff:
-                        self._client.abort_multipart_upload(
-                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                        )
-                        aborted += 1
+            with self._reachable():
+                paginator = self._client.get_paginator("list_multipart_uploads")
+                for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                    for upload in page.get("Uploads", ()):
+                        if upload["Initiated"].timestamp() <= cutoff:
+                            self._client.abort_multipart_upload(
+                                Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                            )
+                            aborted += 1
         except ClientError as exc:
             # Servers without the call, or (rclone) answering NoSuchUpload when there is none.
-            if str(exc.response.get("Error", {}).get("Code")) not in (
-                "NotImplemented",
-                "NoSuchUpload",
-            ):
+            code = str(exc.response.get("Error", {}).get("Code"))
+            if code not in ("NotImplemented", "NoSuchUpload"):
                 raise
         return aborted
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from flipwatch.service.core import storage
+from flipwatch.service.core.errors import StorageUnavailable
 from flipwatch.service.core.storage import ObjectStore
 
 DIGEST = "ab" * 32
@@ -188,3 +189,29 @@ def test_local_backend_keeps_the_data_dir_layout(tmp_path: Path) -> None:
     store.put(storage.image_key(DIGEST, "PNG"), b"png")
     assert (tmp_path / "images" / "ab" / "ab" / f"{DIGEST}.png").read_bytes() == b"png"
     assert store.local_path("images/x.png") == tmp_path.resolve() / "images" / "x.png"
+
+
+def test_an_unreachable_s3_server_raises_storage_unavailable() -> None:
+    import socket
+
+    with socket.socket() as sock:  # a loopback port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = storage.S3Store(
+        storage.S3Config(
+            bucket="flipwatch",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            access_key_id="FWUNREACHABLE",
+            secret_access_key="x" * 40,
+            max_attempts=1,
+        )
+    )
+    for call in (
+        lambda: store.put("a/b", b"x"),
+        lambda: store.get("a/b"),
+        lambda: store.exists("a/b"),
+        lambda: list(store.list("a/")),
+    ):
+        with pytest.raises(StorageUnavailable, match="cannot be reached") as raised:
+            call()
+        assert raised.value.status == 503 and raised.value.headers["Retry-After"] == "5"
