@@ -35,7 +35,7 @@ from flipwatch.service.api.routes import (
     streams,
 )
 from flipwatch.service.batch.decoding import DecodePool
-from flipwatch.service.core import staging
+from flipwatch.service.core import staging, storage
 from flipwatch.service.core.auth import ensure_api_key
 from flipwatch.service.core.db import make_engine, make_sessionmaker
 from flipwatch.service.core.dispatch import JobDispatcher, NullDispatcher
@@ -91,9 +91,14 @@ def create_app(
                 )
                 session.commit()
         # Uploads a killed process left half-done: finished (committed) or deleted (not).
-        staging.sweep_incoming(
-            app.state.sessionmaker, settings.data_dir, grace_seconds=settings.orphan_grace_seconds
-        )
+        try:
+            staging.sweep_incoming(
+                app.state.sessionmaker,
+                storage.open_store(settings),
+                grace_seconds=settings.orphan_grace_seconds,
+            )
+        except Exception:  # noqa: BLE001 - store unreachable: the maintenance thread retries
+            log.warning("start-up sweep of interrupted uploads failed", exc_info=True)
         if settings.validation_processes > 0:
             app.state.decode_pool = DecodePool(settings.validation_processes)
         maintenance = MaintenanceThread(lambda: app.state.sessionmaker, settings)

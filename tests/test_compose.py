@@ -35,7 +35,13 @@ REQUIRED_SECRETS = (
     "PROMETHEUS_USER",
     "PROMETHEUS_PASSWORD",
     "PROMETHEUS_PASSWORD_BCRYPT",
+    "MINIO_ROOT_USER",
+    "MINIO_ROOT_PASSWORD",
+    "FLIPWATCH_STORAGE_ACCESS_KEY_ID",
+    "FLIPWATCH_STORAGE_SECRET_ACCESS_KEY",
 )
+# One-shot jobs: `depends_on: condition: service_completed_successfully` is their check.
+ONE_SHOT = ("migrate", "minio-init")
 
 
 def settings_class() -> type:
@@ -99,6 +105,12 @@ def test_passed_through_settings_keep_flipwatch_defaults_when_unset():
         "FLIPWATCH_ENVIRONMENT",
         "FLIPWATCH_DEVICE",
         "FLIPWATCH_METRICS_PORT",
+        # the bundled MinIO
+        "FLIPWATCH_STORAGE_BACKEND",
+        "FLIPWATCH_STORAGE_BUCKET",
+        "FLIPWATCH_STORAGE_ENDPOINT_URL",
+        "FLIPWATCH_STORAGE_ACCESS_KEY_ID",
+        "FLIPWATCH_STORAGE_SECRET_ACCESS_KEY",
     }
     for name in setting_variables():
         if name not in compose_set:
@@ -121,7 +133,13 @@ def test_every_required_secret_stops_compose_with_a_message_when_unset():
         assert uses, var
         assert all(use.startswith(":?set ") for use in uses), f"{var}: {uses}"
         assert re.search(rf"^{var}=", example, re.M), f"{var} missing from .env.example"
-    for var in ("POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "PROMETHEUS_PASSWORD"):
+    for var in (
+        "POSTGRES_PASSWORD",
+        "GRAFANA_ADMIN_PASSWORD",
+        "PROMETHEUS_PASSWORD",
+        "MINIO_ROOT_PASSWORD",
+        "FLIPWATCH_STORAGE_SECRET_ACCESS_KEY",
+    ):
         assert re.search(rf"^{var}=$", example, re.M), f"{var} must be empty in .env.example"
 
 
@@ -129,7 +147,7 @@ def test_every_service_has_a_healthcheck():
     for name, service in services().items():
         check = service.get("healthcheck")
         assert check, f"{name} has no healthcheck"
-        if name == "migrate":  # a one-shot job: depends_on waits for it to complete
+        if name in ONE_SHOT:  # depends_on waits for it to complete
             assert check == {"disable": True}
         else:
             assert check["test"][0] in {"CMD", "CMD-SHELL"}, name
@@ -141,8 +159,13 @@ def test_images_are_pinned_to_exact_versions():
         if image.startswith("${FLIPWATCH_IMAGE"):
             continue  # flipwatch's own, built from the Dockerfile
         tag = image.rsplit(":", 1)[1]
-        # major.minor(.patch): PostgreSQL releases have two numbers, the others three.
-        assert re.fullmatch(r"v?\d+\.\d+(\.\d+)?(-[a-z0-9.]+)?", tag), f"{name}: {image}"
+        # major.minor(.patch): PostgreSQL releases have two numbers, the others three; MinIO
+        # names each release by its UTC time.
+        semver = re.fullmatch(r"v?\d+\.\d+(\.\d+)?(-[a-z0-9.]+)?", tag)
+        minio = image.startswith("minio/") and re.fullmatch(
+            r"RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ", tag
+        )
+        assert semver or minio, f"{name}: {image}"
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     (base,) = re.findall(r"^ARG PYTHON_IMAGE=(\S+)$", dockerfile, re.M)
     assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base)
@@ -181,7 +204,29 @@ def test_grafana_needs_a_login_by_default():
 def test_secrets_do_not_reach_the_flipwatch_containers_needlessly():
     for service in FLIPWATCH_SERVICES:
         environment = services()[service]["environment"]
-        assert not {k for k in environment if k.startswith(("GRAFANA", "PROMETHEUS", "GF_"))}
+        assert not {
+            k for k in environment if k.startswith(("GRAFANA", "PROMETHEUS", "GF_", "MINIO"))
+        }
+
+
+def test_minio_holds_the_objects_and_its_bucket_is_created_before_api_and_worker_start():
+    minio, init = services()["minio"], services()["minio-init"]
+    assert minio["image"].startswith("minio/minio:RELEASE.")
+    assert init["image"].startswith("minio/mc:RELEASE.")
+    assert init["depends_on"]["minio"]["condition"] == "service_healthy"
+    script = init["command"][0]
+    assert 'mc mb --ignore-existing "local/$$BUCKET"' in script
+    assert "mc admin user add" in script  # flipwatch gets its own key, not the root login
+    for service in ("api", "worker"):
+        spec = services()[service]
+        assert spec["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+        environment = spec["environment"]
+        assert environment["FLIPWATCH_STORAGE_BACKEND"] == "s3"
+        assert environment["FLIPWATCH_STORAGE_ENDPOINT_URL"] == (
+            "${FLIPWATCH_STORAGE_ENDPOINT_URL:-http://minio:9000}"
+        )
+    assert "volumes" not in services()["api"]  # nothing shared through a volume any more
+    assert services()["worker"]["volumes"] == ["flipwatch-cache:/data"]  # its weights cache
 
 
 # --- deploy/check.sh ------------------------------------------------------------------------------

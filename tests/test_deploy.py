@@ -358,7 +358,8 @@ def test_prometheus_scrapes_api_and_worker(prom_rules):
 
 def test_compose_services():
     services = load_yaml(COMPOSE)["services"]
-    expected = {"postgres", "redis", "migrate", "api", "worker", "prometheus", "grafana"}
+    expected = {"postgres", "redis", "minio", "minio-init", "migrate", "api", "worker"}
+    expected |= {"prometheus", "grafana"}
     assert expected <= set(services)
     assert services["migrate"]["command"] == ["migrate"]
     assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
@@ -369,8 +370,10 @@ def test_compose_services():
     assert worker["environment"]["FLIPWATCH_DEVICE"] == "cuda"
     (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
-    data = {v for v in services["api"]["volumes"] if v.endswith(":/data")}
-    assert data and data <= set(worker["volumes"]), "api and worker share the data volume"
+    # API and worker share the bucket, not a volume; the worker keeps its weights cache.
+    assert "volumes" not in services["api"]
+    assert worker["volumes"] == ["flipwatch-cache:/data"]
+    assert services["api"]["environment"]["FLIPWATCH_STORAGE_BACKEND"] == "s3"
 
 
 def test_compose_cpu_override_replaces_the_gpu_worker():

@@ -51,8 +51,17 @@ class ModelCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: ModelKey, spec: ModelSpec) -> nn.Module:
-        """The model for `key`, loaded from `spec` on a miss; ModelLoadError propagates."""
+    def get(
+        self,
+        key: ModelKey,
+        spec: ModelSpec,
+        *,
+        resolve: Callable[[ModelSpec], ModelSpec] | None = None,
+    ) -> nn.Module:
+        """The model for `key`, loaded from `spec` on a miss; ModelLoadError propagates.
+
+        `resolve` runs on a miss only, before loading: it turns the stored spec (weights as a
+        storage key) into one with a local weights file (workers/objects.py)."""
         with self._lock:
             model = self._models.get(key)
             if model is not None:
@@ -62,7 +71,7 @@ class ModelCache:
             # Loading under the lock: jobs run one at a time per device, and two threads
             # asking for the same model should load it once, not twice.
             self.misses += 1
-            model = self._load(spec)
+            model = self._load(resolve(spec) if resolve is not None else spec)
             self._models[key] = model
             while len(self._models) > self.max_models:
                 evicted, _ = self._models.popitem(last=False)

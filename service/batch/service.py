@@ -15,7 +15,6 @@ import struct
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from PIL import Image as PILImage
@@ -315,7 +314,7 @@ def ingest_batch(
     if previous is not None:
         return _replayed(previous)
 
-    data_dir = Path(settings.data_dir)
+    store = storage.open_store(settings)
     batch = Batch(
         id=uuid.uuid4(),
         stream_id=stream.id,
@@ -331,10 +330,10 @@ def ingest_batch(
     rows: list[Image] = []
     for image in checked:
         # Staged until the commit (moved into place then), deleted on rollback: a refused or
-        # interrupted batch leaves no file behind.
-        path = staging.stage_image(
+        # interrupted batch leaves no object behind.
+        key = staging.stage_image(
             session,
-            data_dir=data_dir,
+            store=store,
             batch_id=batch.id,
             digest=image.sha256,
             image_format=image.format,
@@ -347,7 +346,7 @@ def ingest_batch(
                 batch_id=batch.id,
                 window_index=stream.current_window_index,
                 position=stream.images_total,
-                path=str(path),
+                path=key,
                 filename=image.name[:255],
                 width=image.width,
                 height=image.height,

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from flipwatch.service.calibration.archive import extract_image_folder
 from flipwatch.service.calibration.schemas import CalibrationOptions
-from flipwatch.service.core import staging
+from flipwatch.service.core import staging, storage
 from flipwatch.service.core.errors import ArchiveRejected, CalibrationNotFound, PayloadTooLarge
 from flipwatch.service.core.settings import Settings
 from flipwatch.service.core.tables import Calibration, Job, Model
@@ -103,31 +103,34 @@ def _queue_calibration(
     filename: str,
     options: CalibrationOptions | None = None,
 ) -> tuple[Calibration, Job]:
-    """Extract the reference set into data_dir/calibrations/<id>/ and queue a calibrate job."""
+    """Extract the reference set (to local scratch), check it, upload it under the key prefix
+    `calibrations/<id>/` and queue a calibrate job."""
     options = options or CalibrationOptions()
     calibration_id = uuid.uuid4()
-    dest = Path(settings.data_dir).resolve() / "calibrations" / str(calibration_id)
-    staging.remove_on_rollback(session, dest)  # a refused or failed request keeps no files
-    folder = extract_image_folder(
-        archive_path,
-        dest,
-        filename=filename,
-        max_entries=settings.max_archive_entries,
-        max_bytes=settings.max_archive_unpacked_bytes,
-        max_ratio=settings.max_archive_ratio,
-    )
-    num_classes = int(model.spec["num_classes"])
-    if len(folder.classes) != num_classes:
-        raise ArchiveRejected(
-            f"{filename!r} has {len(folder.classes)} class folders with images but model "
-            f"{model.name!r} has {num_classes} classes; give one folder per class (folders map "
-            "to class indices in sorted order)"
+    scratch = Path(settings.data_dir).resolve() / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch, prefix="reference-") as extracted:
+        dest = Path(extracted) / "set"
+        folder = extract_image_folder(
+            archive_path,
+            dest,
+            filename=filename,
+            max_entries=settings.max_archive_entries,
+            max_bytes=settings.max_archive_unpacked_bytes,
+            max_ratio=settings.max_archive_ratio,
         )
+        _check_classes(folder.classes, model, filename)
+        prefix = storage.reference_prefix(calibration_id)
+        store = storage.open_store(settings)
+        staging.remove_on_rollback(session, store, prefix)  # a refused or failed request keeps none
+        storage.put_tree(store, dest, prefix, threads=settings.storage_threads)
+        root = Path(folder.root).resolve().relative_to(dest.resolve()).as_posix()
+        reference_key = prefix.rstrip("/") if root == "." else prefix + root
     calibration = Calibration(
         id=calibration_id,
         model_id=model.id,
         state="queued",
-        reference_path=str(folder.root),
+        reference_path=reference_key,
         reference_images=folder.image_count,
         reference_classes=folder.classes,
         options=options.model_dump(exclude_none=True),
@@ -145,6 +148,16 @@ def _queue_calibration(
     calibration.job_id = job.id
     session.flush()
     return calibration, job
+
+
+def _check_classes(classes: list[str], model: Model, filename: str) -> None:
+    num_classes = int(model.spec["num_classes"])
+    if len(classes) != num_classes:
+        raise ArchiveRejected(
+            f"{filename!r} has {len(classes)} class folders with images but model "
+            f"{model.name!r} has {num_classes} classes; give one folder per class (folders map "
+            "to class indices in sorted order)"
+        )
 
 
 def get_calibration(session: Session, calibration_id: uuid.UUID) -> Calibration:

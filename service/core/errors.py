@@ -192,6 +192,13 @@ class DatabaseUnavailable(ServiceUnavailable):
     title = "Database unavailable"
 
 
+class StorageUnavailable(ServiceUnavailable):
+    """The object store cannot be reached or answers 5xx (a worker retries the job)."""
+
+    code = "storage-unavailable"
+    title = "Object storage unavailable"
+
+
 class NotReady(ServiceUnavailable):
     code = "not-ready"
     title = "Service not ready"

@@ -56,6 +56,40 @@ class Settings(BaseSettings):
         description="While one estimate adapts, decode the window of the next queued estimate.",
     )
 
+    # Object storage (service/core/storage.py): images, weights and reference sets.
+    storage_backend: Literal["local", "s3"] = Field(
+        default="local",
+        description="'local': files under data_dir (one host, embedded); 's3': an "
+        "S3-compatible bucket shared by API and workers on any host.",
+    )
+    storage_bucket: str | None = Field(default=None, description="The bucket (backend s3).")
+    storage_prefix: str = Field(
+        default="", description="Key prefix inside the bucket, '' or ending in '/'."
+    )
+    storage_endpoint_url: str | None = Field(
+        default=None,
+        description="S3 endpoint (MinIO, rclone, Ceph, R2...); unset means AWS for the region.",
+    )
+    storage_region: str = "us-east-1"
+    storage_access_key_id: str | None = Field(
+        default=None, description="Unset: boto3's own chain (AWS_* variables, instance role)."
+    )
+    storage_secret_access_key: str | None = Field(default=None, repr=False)
+    storage_addressing_style: Literal["path", "virtual", "auto"] = Field(
+        default="path", description="'path' suits MinIO and most S3-compatible servers."
+    )
+    storage_cache_dir: Path | None = Field(
+        default=None,
+        description="Worker cache of model weights (by digest) and reference sets fetched from "
+        "the bucket; unset means data_dir/cache.",
+    )
+    storage_cache_bytes: int = Field(
+        default=20 * GiB, ge=1, description="Bound of the worker's weights cache."
+    )
+    storage_threads: int = Field(
+        default=16, ge=1, le=256, description="Concurrent object reads/writes of one window."
+    )
+
     # Ingest limits (per file, per batch, decompression-bomb guard).
     max_file_bytes: int = Field(default=10 * MiB, ge=1)
     max_batch_files: int = Field(default=512, ge=1)
@@ -249,6 +283,22 @@ class Settings(BaseSettings):
                 f"{3 * self.job_heartbeat_seconds}), or live jobs would be taken from their worker"
             )
         return self
+
+    @model_validator(mode="after")
+    def _check_storage(self) -> Settings:
+        if self.storage_backend == "s3" and not self.storage_bucket:
+            raise ValueError("FLIPWATCH_STORAGE_BACKEND=s3 needs FLIPWATCH_STORAGE_BUCKET")
+        prefix = self.storage_prefix
+        if prefix and (not prefix.endswith("/") or prefix.startswith("/") or ".." in prefix):
+            raise ValueError(
+                f"FLIPWATCH_STORAGE_PREFIX {prefix!r} must be '' or a relative path ending in '/'"
+            )
+        return self
+
+    @property
+    def effective_cache_dir(self) -> Path:
+        """The worker's local cache: FLIPWATCH_STORAGE_CACHE_DIR, or data_dir/cache."""
+        return self.storage_cache_dir or Path(self.data_dir) / "cache"
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:

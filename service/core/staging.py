@@ -1,137 +1,140 @@
-"""Files that belong to a transaction: staged before the commit, moved into place after it.
+"""Objects that belong to a transaction: staged before the commit, moved into place after it.
 
-A batch's images are written (fsynced) under `data_dir/incoming/<batch id>/` while its rows are
-inserted. When the session commits they are renamed to their content-addressed paths; when it
-rolls back (a rejected or failed request) they are deleted. So a refused batch leaves no file and a
-row never points at a file that is not there. A process killed in between leaves a folder in
-`incoming/`: `sweep_incoming` finishes the move if the batch row exists, and deletes it otherwise.
+A batch's images are written under `incoming/<batch id>/` in the object store while its rows are
+inserted. When the session commits they are moved to their content-addressed keys; when it rolls
+back (a rejected or failed request) they are deleted. So a refused batch leaves no object and a row
+never points at a key that is not there. A process killed in between leaves objects under
+`incoming/`: `sweep_incoming` finishes the move if the batch row exists, and deletes them otherwise.
+The same holds on both backends (a local directory or an S3 bucket): only `ObjectStore` calls.
 
-Publishing always replaces the final file (same name, same bytes), so a concurrent orphan sweep
-that removed an unreferenced copy cannot leave a committed row without its file.
+Publishing always replaces the final object (same name, same bytes), so a concurrent orphan sweep
+that removed an unreferenced copy cannot leave a committed row without its object.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import threading
 import time
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from flipwatch.service.core import storage
+from flipwatch.service.core.storage import ObjectStore
 from flipwatch.service.core.tables import Batch
 
 log = logging.getLogger(__name__)
 
-INCOMING = "incoming"
-_STAGED = "flipwatch_staged_files"
-_ROLLBACK_TREES = "flipwatch_rollback_trees"
+INCOMING = "incoming/"
+_STAGED = "flipwatch_staged_objects"
+_ROLLBACK = "flipwatch_rollback_objects"
 
-# Batch folders this process is writing now: never swept, whatever their age.
+# Batch ids this process is writing now: never swept, whatever their age.
 _active: set[str] = set()
 _active_lock = threading.Lock()
 
 
-def incoming_dir(data_dir: Path, batch_id: uuid.UUID) -> Path:
-    return data_dir.resolve() / INCOMING / str(batch_id)
+def incoming_prefix(batch_id: uuid.UUID) -> str:
+    return f"{INCOMING}{batch_id}/"
 
 
 def stage_image(
     session: Session,
     *,
-    data_dir: Path,
+    store: ObjectStore,
     batch_id: uuid.UUID,
     digest: str,
     image_format: str,
     data: bytes,
-) -> Path:
-    """Write an image for this session's transaction; returns the final path its row records.
+) -> str:
+    """Write an image for this session's transaction; returns the key its row records.
 
-    The file appears there when the transaction commits, and is gone if it rolls back.
+    The object appears there when the transaction commits, and is gone if it rolls back.
     """
-    final = storage.image_path(data_dir, digest, image_format)
-    folder = incoming_dir(data_dir, batch_id)
+    final = storage.image_key(digest, image_format)
+    staged = incoming_prefix(batch_id) + final.rsplit("/", 1)[1]
     with _active_lock:
-        _active.add(folder.name)
-    staged = storage.write_atomic(folder / final.name, data)
-    _staged_files(session).append((staged, final))
+        _active.add(str(batch_id))
+    store.put(staged, data)
+    _staged_objects(session, store).append((staged, final))
     return final
 
 
-def remove_on_rollback(session: Session, folder: Path) -> None:
-    """Delete `folder` (or file) written for this transaction (an extracted reference set, new
-    weights) unless the transaction commits, so a refused or failed request leaves nothing."""
-    trees = session.info.get(_ROLLBACK_TREES)
-    if trees is None:
-        trees = session.info[_ROLLBACK_TREES] = []
-        event.listen(session, "after_commit", lambda s: s.info[_ROLLBACK_TREES].clear())
-        event.listen(session, "after_transaction_end", _remove_trees_after_rollback)
-    trees.append(folder)
+def remove_on_rollback(session: Session, store: ObjectStore, key_or_prefix: str) -> None:
+    """Delete an object (or every object under a prefix ending in '/') written for this
+    transaction (an uploaded reference set, new weights) unless the transaction commits, so a
+    refused or failed request leaves nothing."""
+    pending = session.info.get(_ROLLBACK)
+    if pending is None:
+        pending = session.info[_ROLLBACK] = []
+        event.listen(session, "after_commit", lambda s: s.info[_ROLLBACK].clear())
+        event.listen(session, "after_transaction_end", _remove_after_rollback)
+    pending.append((store, key_or_prefix))
 
 
-def _remove_trees_after_rollback(session: Session, transaction: SessionTransaction) -> None:
+def _remove_after_rollback(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is not None:
         return
-    trees = session.info.get(_ROLLBACK_TREES) or []
-    for path in trees:
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-    trees.clear()
+    pending = session.info.get(_ROLLBACK) or []
+    for store, key in pending:
+        try:
+            if key.endswith("/"):
+                storage.delete_prefix(store, key)
+            else:
+                store.delete(key)
+        except Exception:  # noqa: BLE001 - the store may be down: the orphan sweep retries
+            log.warning("could not delete %s after a rollback", key, exc_info=True)
+    pending.clear()
 
 
-def _staged_files(session: Session) -> list[tuple[Path, Path]]:
-    files = session.info.get(_STAGED)
-    if files is None:
-        files = session.info[_STAGED] = []
+def _staged_objects(session: Session, store: ObjectStore) -> list[tuple[str, str]]:
+    staged = session.info.get(_STAGED)
+    if staged is None:
+        staged = session.info[_STAGED] = {"store": store, "objects": []}
         event.listen(session, "after_commit", _publish_after_commit)
         event.listen(session, "after_transaction_end", _discard_after_rollback)
-    return files
+    staged["store"] = store
+    return staged["objects"]
 
 
 def _publish_after_commit(session: Session) -> None:
-    files = session.info.get(_STAGED) or []
-    for staged, final in files:
+    staged = session.info.get(_STAGED)
+    if not staged:
+        return
+    store, objects = staged["store"], staged["objects"]
+    for src, dst in objects:
         try:
-            publish(staged, final)
-        except OSError:  # the sweep finishes it: the batch row exists
-            log.exception("could not move %s into place; the orphan sweep will", staged)
-    _forget(files)
-    files.clear()
+            store.move(src, dst)
+        except Exception:  # noqa: BLE001 - the sweep finishes it: the batch row exists
+            log.exception("could not move %s into place; the orphan sweep will", src)
+    _forget(objects)
+    objects.clear()
 
 
 def _discard_after_rollback(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is not None:
         return  # a savepoint: the outer transaction decides
-    files = session.info.get(_STAGED) or []
-    for staged, _ in files:
-        staged.unlink(missing_ok=True)
-    _forget(files)
-    files.clear()
-
-
-def _forget(files: list[tuple[Path, Path]]) -> None:
-    folders = {staged.parent for staged, _ in files}
-    for folder in folders:
-        with _active_lock:
-            _active.discard(folder.name)
+    staged = session.info.get(_STAGED)
+    if not staged:
+        return
+    store, objects = staged["store"], staged["objects"]
+    for src, _ in objects:
         try:
-            folder.rmdir()
-        except OSError:
-            pass  # not empty (another transaction of the same batch id) or already gone
+            store.delete(src)
+        except Exception:  # noqa: BLE001 - the sweep deletes it: no batch row
+            log.warning("could not delete staged %s; the orphan sweep will", src, exc_info=True)
+    _forget(objects)
+    objects.clear()
 
 
-def publish(staged: Path, final: Path) -> None:
-    """Move a staged file to its final path (replacing an identical copy)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staged, final)
+def _forget(objects: list[tuple[str, str]]) -> None:
+    for src, _ in objects:
+        with _active_lock:
+            _active.discard(src.split("/")[1])
 
 
 @dataclass(frozen=True)
@@ -141,53 +144,45 @@ class SweepReport:
 
 
 def sweep_incoming(
-    session_factory: sessionmaker[Session], data_dir: Path, *, grace_seconds: float
+    session_factory: sessionmaker[Session], store: ObjectStore, *, grace_seconds: float
 ) -> SweepReport:
-    """Finish or delete what killed uploads left in `incoming/` (folders older than the grace).
+    """Finish or delete what killed uploads left under `incoming/` (batches whose newest staged
+    object is older than the grace).
 
-    A folder whose batch row exists committed before its process died: its files are moved into
-    place. Any other folder belonged to a transaction that never committed: it is deleted.
+    A batch whose row exists committed before its process died: its objects are moved into
+    place. Any other batch belonged to a transaction that never committed: they are deleted.
+    Interrupted writes themselves (temporary files, multipart uploads) go too.
     """
-    root = data_dir.resolve() / INCOMING
-    if not root.is_dir():
-        return SweepReport()
+    batches: dict[str, list[storage.ObjectInfo]] = defaultdict(list)
+    for info in store.list(INCOMING):
+        batches[info.key.split("/")[1]].append(info)
     published = deleted = 0
     cutoff = time.time() - grace_seconds
-    for folder in sorted(root.iterdir()):
+    formats = {ext: name for name, ext in storage.EXTENSIONS.items()}
+    for name, objects in sorted(batches.items()):
         with _active_lock:
-            if folder.name in _active:
+            if name in _active:
                 continue
+        if max(info.modified for info in objects) > cutoff:
+            continue
         try:
-            if folder.stat().st_mtime > cutoff:
-                continue
-            batch_id = uuid.UUID(folder.name)
-        except (OSError, ValueError):
+            batch_id: uuid.UUID | None = uuid.UUID(name)
+        except ValueError:
             batch_id = None
         committed = False
         if batch_id is not None:
             with session_factory() as session:
                 committed = session.scalar(select(Batch.id).where(Batch.id == batch_id)) is not None
-        if committed and folder.is_dir():
-            published += _publish_folder(folder, data_dir)
-        if folder.is_dir():
-            deleted += sum(1 for p in folder.rglob("*") if p.is_file())
-            shutil.rmtree(folder, ignore_errors=True)
-        else:
-            folder.unlink(missing_ok=True)
-            deleted += 1
+        for info in objects:
+            filename = info.key.rsplit("/", 1)[1]
+            digest, _, ext = filename.partition(".")
+            if committed and ext in formats and info.key.count("/") == 2:
+                store.move(info.key, storage.image_key(digest, formats[ext]))
+                published += 1
+            else:
+                store.delete(info.key)
+                deleted += 1
+    deleted += store.abort_incomplete(grace_seconds)
     if published or deleted:
-        log.warning("incoming sweep: %d file(s) moved into place, %d deleted", published, deleted)
+        log.warning("incoming sweep: %d object(s) moved into place, %d deleted", published, deleted)
     return SweepReport(published=published, deleted=deleted)
-
-
-def _publish_folder(folder: Path, data_dir: Path) -> int:
-    """Move a committed batch's staged images into place (its commit saw every write finish)."""
-    formats = {ext: name for name, ext in storage.EXTENSIONS.items()}
-    published = 0
-    for staged in folder.iterdir():
-        digest, _, ext = staged.name.partition(".")
-        if staged.name.startswith(".") or ext not in formats:
-            continue  # a temporary file of an interrupted write: removed with the folder
-        publish(staged, storage.image_path(data_dir, digest, formats[ext]))
-        published += 1
-    return published

@@ -87,7 +87,8 @@ class Model(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(200))
     version: Mapped[int] = mapped_column(Integer)
-    # The ModelSpec as JSON, with `weights` set to the absolute stored weights path.
+    # The ModelSpec as JSON, with `weights` set to the weights' storage key (`models/<sha256>.pt`,
+    # core/storage.py); `weights_path` holds the same key.
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     weights_path: Mapped[str] = mapped_column(String(1024))
     weights_sha256: Mapped[str] = mapped_column(String(64))
@@ -105,7 +106,8 @@ class Calibration(Base):
     # Plain column (no FK): jobs.calibration_id already points here, and a cycle buys nothing.
     job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     state: Mapped[str] = mapped_column(String(16), default="queued")
-    # Absolute path of the extracted ImageFolder root (class folders directly below it).
+    # Storage key prefix of the uploaded ImageFolder root (`calibrations/<id>/...`, class folders
+    # directly below it), without the trailing '/'.
     reference_path: Mapped[str] = mapped_column(String(1024))
     reference_images: Mapped[int] = mapped_column(Integer, default=0)
     reference_classes: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -170,7 +172,8 @@ class Batch(Base):
 
 
 class Image(Base):
-    """One stored image; `position`: ordinal within the stream; `path`: absolute file path."""
+    """One stored image; `position`: ordinal within the stream; `path`: its storage key
+    (`images/ab/cd/<sha256>.<ext>`, core/storage.py)."""
 
     __tablename__ = "images"
     __table_args__ = (

@@ -3,8 +3,9 @@
 The check (the estimator's `load_model`, passed in by the process's start-up code) runs in the API
 process but is never imported by this package, which stays torch-free.
 
-Weights are stored content-addressed at `data_dir/models/<sha256>.pt`; the stored spec points at
-that absolute path, so the worker loads exactly what was validated here.
+Weights are stored content-addressed under the key `models/<sha256>.pt` in the object store
+(core/storage.py); the stored spec's `weights` is that key, so the worker loads exactly what was
+validated here (from its local cache, checked against the digest).
 """
 
 from __future__ import annotations
@@ -91,9 +92,9 @@ def register_model(
     where a bad model is reported.
     """
     spec = parse_spec(spec_json)
-    final_dir = Path(settings.data_dir).resolve() / "models"
-    final_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=final_dir, prefix=".upload-", suffix=".pt")
+    scratch = Path(settings.data_dir).resolve() / "tmp"  # local scratch: the check loads a file
+    scratch.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=scratch, prefix=".upload-", suffix=".pt")
     tmp = Path(tmp_name)
     try:
         digest, size = _copy_hashed(weights, fd, limit=settings.max_weights_bytes)
@@ -104,12 +105,12 @@ def register_model(
                 check(spec.model_copy(update={"weights": str(tmp)}))
             except ValueError as exc:
                 raise ModelRejected(str(exc)) from exc
-        final = storage.weights_path(Path(settings.data_dir), digest)
-        if final.exists():
-            tmp.unlink()
-        else:
-            os.replace(tmp, final)
-            staging.remove_on_rollback(session, final)  # new weights go if the row does not land
+        key = storage.weights_key(digest)
+        store = storage.open_store(settings)
+        if not store.exists(key):
+            store.put_file(key, tmp)
+            # New weights go if the row does not land.
+            staging.remove_on_rollback(session, store, key)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -118,8 +119,8 @@ def register_model(
         id=uuid.uuid4(),
         name=spec.name,
         version=(latest or 0) + 1,
-        spec=spec.model_copy(update={"weights": str(final)}).model_dump(mode="json"),
-        weights_path=str(final),
+        spec=spec.model_copy(update={"weights": key}).model_dump(mode="json"),
+        weights_path=key,
         weights_sha256=digest,
     )
     session.add(model)

@@ -3,36 +3,38 @@
 `enforce_retention` deletes, per stream, images past its `retain_images` count or older than its
 `retain_days`, then batches left without images, under the stream's lock. It never touches the
 open window or a window whose estimate job is queued or running; estimates, alert history and
-jobs are kept. Files go only when no image row references them any more (content addressing
-shares one file between rows), through `remove_unreferenced`: rename aside, re-check, delete,
-so an upload that publishes the same file concurrently keeps it. `sweep_orphans` does the same
-for files no row references (older than the grace period) and finishes or deletes interrupted
-uploads (`core.staging.sweep_incoming`). `MaintenanceThread` runs both in the API process.
+jobs are kept. Objects go only when no image row references them any more (content addressing
+shares one object between rows), through `remove_unreferenced`: move aside to `trash/`, re-check,
+delete, so an upload that publishes the same object concurrently keeps it. `sweep_orphans` does
+the same for objects no row references (older than the grace period) and finishes or deletes
+interrupted uploads (`core.staging.sweep_incoming`). Both work on either storage backend (only
+`ObjectStore` calls). `MaintenanceThread` runs both in the API process.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
+from pathlib import PurePosixPath
 
 from sqlalchemy import delete, exists, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from flipwatch.service.core import staging
+from flipwatch.service.core import staging, storage
 from flipwatch.service.core.settings import Settings
+from flipwatch.service.core.storage import ObjectStore
 from flipwatch.service.core.tables import Batch, Image, Job, Stream, utcnow
 from flipwatch.service.stream.service import lock_stream
 
 log = logging.getLogger(__name__)
 
-TRASH = "trash"
+TRASH = "trash/"
+IMAGES = "images/"
 MAX_DELETE_PER_STREAM = 5000  # per pass: bounds one transaction; the next pass goes on
 
 
@@ -65,7 +67,9 @@ def enforce_retention(
         with session_factory() as session:
             paths = _expire_stream(session, stream_id, report, now_offset_s)
             session.commit()
-        report.files_deleted += remove_unreferenced(session_factory, settings.data_dir, paths)
+        report.files_deleted += remove_unreferenced(
+            session_factory, storage.open_store(settings), paths
+        )
     return report
 
 
@@ -112,33 +116,31 @@ def _expire_stream(
 
 
 def remove_unreferenced(
-    session_factory: sessionmaker[Session], data_dir: Path, paths: Iterable[str]
+    session_factory: sessionmaker[Session], store: ObjectStore, keys: Iterable[str]
 ) -> int:
-    """Delete the files of `paths` that no image row references; returns how many went.
+    """Delete the objects of `keys` that no image row references; returns how many went.
 
-    Each file is renamed into `trash/` first and the references checked again: an upload that
-    committed a row for the same content meanwhile gets its file back (publishing replaces it
-    anyway), so a committed row never loses its file.
+    Each object is moved into `trash/` first and the references checked again: an upload that
+    committed a row for the same content meanwhile gets its object back (publishing replaces it
+    anyway), so a committed row never loses its object.
     """
-    candidates = sorted(set(paths))
+    candidates = sorted(set(keys))
     if not candidates:
         return 0
-    trash = data_dir.resolve() / TRASH
-    trash.mkdir(parents=True, exist_ok=True)
-    moved: dict[str, Path] = {}
-    for path in _unreferenced(session_factory, candidates):
-        aside = trash / f"{uuid.uuid4().hex}{Path(path).suffix}"
+    moved: dict[str, str] = {}
+    for key in _unreferenced(session_factory, candidates):
+        aside = f"{TRASH}{uuid.uuid4().hex}{PurePosixPath(key).suffix}"
         try:
-            os.replace(path, aside)
+            store.move(key, aside)
         except FileNotFoundError:
             continue
-        moved[path] = aside
+        moved[key] = aside
     back = _referenced(session_factory, list(moved))
-    for path, aside in moved.items():
-        if path in back:
-            os.replace(aside, path)
+    for key, aside in moved.items():
+        if key in back:
+            store.move(aside, key)
         else:
-            aside.unlink(missing_ok=True)
+            store.delete(aside)
     return len(moved) - len(back)
 
 
@@ -159,37 +161,25 @@ def _unreferenced(session_factory: sessionmaker[Session], paths: list[str]) -> l
 def sweep_orphans(
     session_factory: sessionmaker[Session], settings: Settings, *, grace_seconds: float
 ) -> RetentionReport:
-    """Finish or delete interrupted uploads, then delete image files no row references."""
-    data_dir = Path(settings.data_dir)
-    incoming = staging.sweep_incoming(session_factory, data_dir, grace_seconds=grace_seconds)
+    """Finish or delete interrupted uploads, then delete image objects no row references."""
+    store = storage.open_store(settings)
+    incoming = staging.sweep_incoming(session_factory, store, grace_seconds=grace_seconds)
     report = RetentionReport(
         incoming_published=incoming.published, incoming_deleted=incoming.deleted
     )
-    images = data_dir.resolve() / "images"
-    if images.is_dir():
-        cutoff = time.time() - grace_seconds
-        old = [
-            str(p)
-            for p in images.rglob("*")
-            if p.is_file() and not p.name.startswith(".") and p.stat().st_mtime <= cutoff
-        ]
-        report.files_deleted += remove_unreferenced(session_factory, data_dir, old)
-    trash = data_dir.resolve() / TRASH
-    if trash.is_dir():  # left by a process killed mid-removal: nothing references them
-        for leftover in trash.iterdir():
-            if leftover.stat().st_mtime <= time.time() - grace_seconds:
-                leftover.unlink(missing_ok=True)
+    cutoff = time.time() - grace_seconds
+    old = [info.key for info in store.list(IMAGES) if info.modified <= cutoff]
+    report.files_deleted += remove_unreferenced(session_factory, store, old)
+    # Left by a process killed mid-removal: nothing references them.
+    for info in list(store.list(TRASH)):
+        if info.modified <= cutoff:
+            store.delete(info.key)
     return report
 
 
 def disk_usage(settings: Settings) -> tuple[int, int]:
-    """(files, bytes) under data_dir/images."""
-    files = size = 0
-    for path in (Path(settings.data_dir).resolve() / "images").rglob("*"):
-        if path.is_file():
-            files += 1
-            size += path.stat().st_size
-    return files, size
+    """(objects, bytes) of stored images."""
+    return storage.total_size(storage.open_store(settings).list(IMAGES))
 
 
 def image_count(session: Session) -> int:

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from flipwatch.service.core import storage
 from flipwatch.service.core.tables import Batch, Image, Job, Stream
 from tests.conftest import bearer
 from tests.factories import (
@@ -82,10 +83,8 @@ class TestCreateBatch:
             ("c.webp", "WEBP", 2, 0),
         ]
         for image in images:
-            path = Path(image.path)
-            assert path.is_file() and path.is_relative_to(data_dir.resolve() / "images")
-            assert path.name.startswith(image.sha256)
-            assert path.parent.name == image.sha256[2:4]
+            assert image.path == storage.image_key(image.sha256, image.format)  # a storage key
+            assert (data_dir / image.path).is_file()  # the local backend: under data_dir
         assert dispatcher.sent == []
 
     def test_accepts_images_bracket_field_name(self, client, session, ingest_token):

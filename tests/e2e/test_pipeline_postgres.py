@@ -1,8 +1,10 @@
 """The production shape end to end: API on Postgres sending job ids to a real Redis, a Dramatiq
 worker (the `flipwatch worker` process, here on threads of the test process) running them.
 
-register -> calibrate -> stream -> batches -> automatic estimate -> the estimate row in Postgres;
-a shifted stream's estimate is lower than the clean one's.
+register -> calibrate -> stream -> batches -> automatic estimate -> the estimate row in Postgres
+-> /metrics; a shifted stream's estimate is lower than the clean one's. The pipeline runs on both
+storage backends: a data dir shared by API and worker (local), and a real S3 server (`rclone
+serve s3`) where API and worker have separate data dirs, as on separate hosts.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from sqlalchemy.orm import Session
 
 from flipwatch.cli.startup import ServerStack, build_server, free_port
 from flipwatch.client import FlipwatchClient
-from flipwatch.service.core.tables import Calibration, Estimate, Job
+from flipwatch.service.core import storage
+from flipwatch.service.core.tables import Calibration, Estimate, Image, Job
 from flipwatch.workers.estimation.spec import ModelSpec
 from flipwatch.workers.main import WorkerProcess
-from tests.conftest import truncate_all
+from tests.conftest import s3_storage, truncate_all
 from tests.e2e.conftest import (
     E2E_STEPS,
     E2E_SUITE,
@@ -37,19 +40,25 @@ from tests.e2e.conftest import (
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-@pytest.fixture
+@pytest.fixture(params=["local", "s3"])
 def stack(
+    request: pytest.FixtureRequest,
     database_url: str,
     engine: Engine,
     redis_namespace: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[ServerStack, WorkerProcess]]:
-    """API (Redis dispatcher) and a worker process sharing one data dir, Postgres and namespace."""
+    """API (Redis dispatcher) and a worker process sharing Postgres, the Redis namespace and the
+    storage: one data dir (local), or one bucket with a data dir each (s3)."""
     settings = e2e_settings(
         tmp_path_factory.mktemp("data"), database_url=database_url, redis_url=REDIS_URL
     )
+    worker_settings = settings
+    if request.param == "s3":
+        settings = settings.model_copy(update=s3_storage(request.getfixturevalue("s3_server")))
+        worker_settings = settings.model_copy(update={"data_dir": tmp_path_factory.mktemp("w")})
     worker = WorkerProcess(
-        settings,
+        worker_settings,
         metrics_port=free_port(),
         namespace=redis_namespace,
         calibration_suite=E2E_SUITE,
@@ -126,6 +135,17 @@ def test_pipeline_estimates_windows_through_redis_into_postgres(
     assert "flipwatch_worker_up 1.0" in metrics
     assert "flipwatch_estimate_duration_seconds_count 2.0" in metrics
     assert "flipwatch_estimate_images_per_second" in metrics
+
+    # Every image row's object is in the configured store, and nothing is left staged.
+    store = storage.open_store(server.settings)
+    with server.session_factory() as session:
+        keys = set(session.scalars(select(Image.path)))
+    assert len(keys) > 0 and keys <= {info.key for info in store.list("images/")}
+    assert list(store.list("incoming/")) == []
+    if server.settings.storage_backend == "s3":  # nothing went through a local folder
+        local = [Path(server.settings.data_dir) / d for d in ("images", "models", "calibrations")]
+        local += [Path(worker.settings.data_dir) / d for d in ("images", "calibrations")]
+        assert [p for p in local if p.exists()] == []
 
 
 def _estimates(session: Session, stream_id: str) -> list[Estimate]:

@@ -240,12 +240,16 @@ class Deployment:
             for stream_id, count, low, high in per_stream
         ) and sum(c for _, c, _, _ in per_stream) == sum(totals.values())
         images_dir = self.data_dir / "images"
-        files = {str(p) for p in images_dir.rglob("*") if p.is_file()}
+        # Storage keys (the local backend: data_dir/<key>), as the image rows record them.
+        files = {
+            p.relative_to(self.data_dir).as_posix() for p in images_dir.rglob("*") if p.is_file()
+        }
         referenced = set(paths)
         stray = [
             str(p)
             for p in self.data_dir.rglob("*")
-            if p.is_file() and (p.name.endswith(".tmp") or {"incoming", "trash"} & set(p.parts))
+            if p.is_file()
+            and (p.name.endswith(".tmp") or {"incoming", "trash", ".tmp"} & set(p.parts))
         ]
         return Reconciliation(
             image_rows=len(paths),

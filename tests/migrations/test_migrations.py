@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from alembic import command
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, select
 
 from flipwatch.cli.api import run_migrate
 from flipwatch.service.core.db import Base, alembic_config
@@ -55,3 +55,98 @@ def test_migrate_command_uses_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("FLIPWATCH_DATA_DIR", str(tmp_path / "data"))
     assert run_migrate(argparse.Namespace(revision="head")) == 0
     assert tables(f"sqlite:///{tmp_path / 'data' / 'flipwatch.db'}") == set(Base.metadata.tables)
+
+
+# --- e00b9878da1b: absolute paths under data_dir become storage keys ------------------------------
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def database(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'flipwatch.db'}"
+        return
+    yield request.getfixturevalue("empty_postgres")
+
+
+def test_storage_keys_migration_converts_paths_under_data_dir_and_back(database, tmp_path):
+    from sqlalchemy.orm import Session
+
+    from flipwatch.service.core.settings import Settings
+    from flipwatch.service.core.tables import Batch, Calibration, Image, Model
+    from tests.factories import make_api_key, make_calibration, make_model, make_stream
+
+    data_dir = tmp_path / "old-data"
+    root = str(data_dir.resolve())
+    digest, weights = "ab" * 32, "cd" * 32
+    config = alembic_config(database, settings=Settings(data_dir=data_dir))
+    command.upgrade(config, "5e7a1c2b9d30")  # the schema before: rows hold absolute paths
+    engine = create_engine(database)
+    try:
+        with Session(engine) as session:
+            model = make_model(
+                session,
+                calibrated=False,
+                weights_sha256=weights,
+                spec={"weights": f"{root}/models/{weights}.pt"},
+            )
+            calibration = make_calibration(session, model=model, reference_path="x")
+            calibration.reference_path = f"{root}/calibrations/{calibration.id}/ref"
+            stream = make_stream(session, model=model)
+            key, _ = make_api_key(session)
+            batch = Batch(
+                stream_id=stream.id,
+                api_key_id=key.id,
+                request_sha256="0" * 64,
+                image_count=2,
+                response={},
+            )
+            session.add(batch)
+            session.flush()
+            for position, (fmt, path) in enumerate(
+                [
+                    ("PNG", f"{root}/images/ab/ab/{digest}.png"),
+                    ("JPEG", "/elsewhere/not-flipwatch-layout.jpg"),  # left alone
+                ]
+            ):
+                session.add(
+                    Image(
+                        sha256=digest,
+                        stream_id=stream.id,
+                        batch_id=batch.id,
+                        window_index=0,
+                        position=position,
+                        path=path,
+                        width=1,
+                        height=1,
+                        format=fmt,
+                        size_bytes=1,
+                    )
+                )
+            session.commit()
+            ids = model.id, calibration.id
+
+        def stored() -> tuple[list[str], str, str, str]:
+            with Session(engine) as session:
+                paths = list(session.scalars(select(Image.path).order_by(Image.position)))
+                row = session.get(Model, ids[0])
+                reference = session.get(Calibration, ids[1])
+                assert row is not None and reference is not None
+                return paths, row.weights_path, row.spec["weights"], reference.reference_path
+
+        command.upgrade(config, "e00b9878da1b")
+        assert stored() == (
+            [f"images/ab/ab/{digest}.png", "/elsewhere/not-flipwatch-layout.jpg"],
+            f"models/{weights}.pt",
+            f"models/{weights}.pt",
+            f"calibrations/{ids[1]}/ref",
+        )
+
+        command.downgrade(config, "5e7a1c2b9d30")
+        assert stored() == (
+            [f"{root}/images/ab/ab/{digest}.png", "/elsewhere/not-flipwatch-layout.jpg"],
+            f"{root}/models/{weights}.pt",
+            f"{root}/models/{weights}.pt",
+            f"{root}/calibrations/{ids[1]}/ref",
+        )
+    finally:
+        engine.dispose()

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from flipwatch.demos.data import write_image_folder
 from flipwatch.service.core import storage
 from flipwatch.service.core.settings import Settings
+from flipwatch.service.core.storage import ObjectStore
 from flipwatch.service.core.tables import (
     AlertEvent,
     Batch,
@@ -59,9 +60,9 @@ def png(image: torch.Tensor) -> bytes:
 
 
 def add_window(
-    session: Session, stream: Stream, window_index: int, images: torch.Tensor, data_dir: Path
-) -> list[Path]:
-    """Store the images as a stream window, as ingest would: files, a batch and image rows."""
+    session: Session, stream: Stream, window_index: int, images: torch.Tensor, store: ObjectStore
+) -> list[str]:
+    """Store the images as a stream window, as ingest would: objects, a batch and image rows."""
     key, _ = make_api_key(session, role="ingest")
     batch = Batch(
         stream_id=stream.id,
@@ -77,7 +78,8 @@ def add_window(
     for i, image in enumerate(images):
         data = png(image)
         digest = storage.sha256_hex(data)
-        path = storage.write_atomic(storage.image_path(data_dir, digest, "PNG"), data)
+        path = storage.image_key(digest, "PNG")
+        storage.put_content(store, path, data)
         session.add(
             Image(
                 sha256=digest,
@@ -85,7 +87,7 @@ def add_window(
                 batch_id=batch.id,
                 window_index=window_index,
                 position=start + i,
-                path=str(path),
+                path=path,
                 filename=f"img-{i}.png",
                 width=32,
                 height=32,
@@ -98,9 +100,19 @@ def add_window(
     return paths
 
 
-def tiny_model(session: Session, weights: Path, calibration: dict[str, Any] | None = None) -> Model:
-    """The tiny CNN on disk; with `calibration`, a succeeded calibration row holding it."""
-    model = make_model(session, calibrated=False, spec={"weights": str(weights)})
+def tiny_model(
+    session: Session,
+    weights: Path,
+    calibration: dict[str, Any] | None = None,
+    *,
+    store: ObjectStore,
+) -> Model:
+    """The tiny CNN, its weights in the store as registration leaves them; with `calibration`, a
+    succeeded calibration row holding it."""
+    digest = storage.sha256_file(weights)
+    key = storage.weights_key(digest)
+    store.put_file(key, weights)
+    model = make_model(session, calibrated=False, spec={"weights": key}, weights_sha256=digest)
     if calibration is not None:
         make_calibration(session, model=model, state="succeeded", result=calibration)
     return model
@@ -118,9 +130,10 @@ def setup_estimate(
 ) -> tuple[uuid.UUID, list[uuid.UUID]]:
     """A stream with one filled window and queued estimate job(s); returns (stream id, job ids)."""
     with session_factory() as session:
-        model = tiny_model(session, weights, calibration)
+        store = storage.open_store(settings)
+        model = tiny_model(session, weights, calibration, store=store)
         stream = make_stream(session, model=model, window_size=images, steps=steps)
-        add_window(session, stream, 0, window_images(images), settings.data_dir)
+        add_window(session, stream, 0, window_images(images), store)
         job_ids = [make_job(session, stream=stream).id for _ in range(jobs_per_window)]
         session.commit()
         return stream.id, job_ids
@@ -315,16 +328,11 @@ class TestEstimateJob:
     ) -> None:
         cache = ModelCache()
         with session_factory() as session:
-            model = tiny_model(session, tiny_weights, tiny_calibration)
+            store = storage.open_store(worker_settings)
+            model = tiny_model(session, tiny_weights, tiny_calibration, store=store)
             stream = make_stream(session, model=model, window_size=80, steps=10)
             for window in (0, 1):
-                add_window(
-                    session,
-                    stream,
-                    window,
-                    window_images(80, seed=window),
-                    worker_settings.data_dir,
-                )
+                add_window(session, stream, window, window_images(80, seed=window), store)
             job_ids = [make_job(session, stream=stream, window_index=w).id for w in (0, 1)]
             session.commit()
 
@@ -485,7 +493,7 @@ class TestFailures:
         )
         with session_factory() as session:
             path = session.scalars(select(Image.path).order_by(Image.position)).first()
-        Path(path).write_bytes(b"not an image")  # type: ignore[arg-type]
+        storage.open_store(worker_settings).put(path, b"not an image")  # type: ignore[arg-type]
 
         assert run(session_factory, worker_settings, job_id) is jobs.JobOutcome.FAILED
 
@@ -524,7 +532,8 @@ class TestFailures:
         )
         with session_factory() as session:
             path = session.scalars(select(Image.path).order_by(Image.position)).first()
-        Path(path).unlink()  # type: ignore[arg-type]  # an I/O error: may pass on a retry
+        # A missing object (an I/O error): may pass on a retry.
+        storage.open_store(worker_settings).delete(path)  # type: ignore[arg-type]
 
         for attempt in (1, 2):
             with pytest.raises(jobs.TransientJobError) as raised:
@@ -579,22 +588,29 @@ class TestFailures:
 
 def setup_calibration(
     session_factory: sessionmaker[Session],
+    settings: Settings,
     weights: Path,
     reference: Path,
     options: dict[str, Any] | None = None,
 ) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
-    """The tiny model with a queued calibration of `reference` and its job: (model, calibration,
-    job) ids. `options` are the request's own suite and steps."""
+    """The tiny model with a queued calibration of the folder `reference` (uploaded to the store
+    as the API does) and its job: (model, calibration, job) ids. `options` are the request's own
+    suite and steps."""
     options = options or {}
+    store = storage.open_store(settings)
     with session_factory() as session:
-        model = tiny_model(session, weights)
+        model = tiny_model(session, weights, store=store)
+        calibration_id = uuid.uuid4()
+        prefix = storage.reference_prefix(calibration_id)
+        storage.put_tree(store, reference, prefix)
         calibration = make_calibration(
             session,
             model=model,
+            id=calibration_id,
             state="queued",
             result=None,
             reference_accuracy=None,
-            reference_path=str(reference),
+            reference_path=prefix.rstrip("/"),
             options=options,
         )
         steps = options.get("steps", 10)
@@ -614,7 +630,7 @@ def test_calibrate_job_stores_a_calibration_that_estimates_use(
     labels = torch.arange(100) % 10
     write_image_folder(images, tmp_path / "reference", labels)
     model_id, calibration_id, job_id = setup_calibration(
-        session_factory, tiny_weights, tmp_path / "reference"
+        session_factory, worker_settings, tiny_weights, tmp_path / "reference"
     )
 
     outcome = run(
@@ -640,7 +656,7 @@ def test_calibrate_job_stores_a_calibration_that_estimates_use(
         assert stored.reference_accuracy == stored.result["reference_accuracy"]
         # An estimate for this (non-ImageNet) model now uses the stored calibration.
         stream = make_stream(session, model=session.get(Model, model_id), window_size=96, steps=10)
-        add_window(session, stream, 0, window_images(96), worker_settings.data_dir)
+        add_window(session, stream, 0, window_images(96), storage.open_store(worker_settings))
         estimate_job = make_job(session, stream=stream).id
         session.commit()
 
@@ -659,6 +675,7 @@ def test_calibrate_job_follows_the_requests_own_suite_and_steps(
     write_image_folder(window_images(100, seed=1), tmp_path / "ref", torch.arange(100) % 10)
     _, calibration_id, job_id = setup_calibration(
         session_factory,
+        worker_settings,
         tiny_weights,
         tmp_path / "ref",
         {"steps": 6, "families": ["contrast"], "severities": [3, 5]},
@@ -684,8 +701,9 @@ def test_calibrate_job_with_a_bad_reference_folder_fails_both_rows(
     tmp_path: Path,
 ) -> None:
     (tmp_path / "reference" / "only-class").mkdir(parents=True)
+    (tmp_path / "reference" / "only-class" / "0.png").write_bytes(png(window_images(1)[0]))
     _, calibration_id, job_id = setup_calibration(
-        session_factory, tiny_weights, tmp_path / "reference"
+        session_factory, worker_settings, tiny_weights, tmp_path / "reference"
     )
 
     assert run(session_factory, worker_settings, job_id) is jobs.JobOutcome.FAILED

@@ -12,6 +12,7 @@ import torch
 from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session, sessionmaker
 
+from flipwatch.service.core import storage
 from flipwatch.service.core.settings import Settings
 from flipwatch.workers import jobs
 from flipwatch.workers.broker import InProcessWorker
@@ -110,13 +111,16 @@ class TestWindowPrefetcher:
         finally:
             prefetcher.close()
 
-    def test_decode_window_names_a_missing_file(self, tmp_path: Path, tiny_weights: Path) -> None:
+    def test_decode_window_names_a_missing_object(
+        self, backend_settings: Settings, tiny_weights: Path
+    ) -> None:
         from flipwatch.workers.estimation.spec import ModelSpec
         from tests.factories import TINY_SPEC
 
         spec = ModelSpec.model_validate({**TINY_SPEC, "weights": str(tiny_weights)})
-        with pytest.raises(FileNotFoundError):
-            decode_window([(str(tmp_path / "gone.png"), "gone.png")], spec)
+        store = storage.open_store(backend_settings)
+        with pytest.raises(FileNotFoundError, match="images/gone.png"):
+            decode_window(store, [("images/gone.png", "gone.png")], spec)
 
 
 class TestConcurrentJobs:

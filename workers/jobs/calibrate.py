@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import update
 
+from flipwatch.service.core import storage
 from flipwatch.service.core.settings import Settings
 from flipwatch.service.core.tables import Calibration, Job, Model, utcnow
 from flipwatch.workers.jobs.failures import UserError
@@ -28,6 +29,7 @@ from flipwatch.workers.jobs.lifecycle import (
 from flipwatch.workers.jobs.model import load_job_model, spec_and_key
 from flipwatch.workers.jobs.resources import DeviceSlots
 from flipwatch.workers.model_cache import ModelCache
+from flipwatch.workers.objects import reference_folder
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,10 @@ def run_calibrate(
         calibration_id = calibration_row.id
         options = dict(calibration_row.options or {})
 
-    images, labels, _classes = load_labeled_folder(reference_path, spec)
+    with reference_folder(
+        storage.open_store(settings), reference_path, settings.effective_cache_dir / "references"
+    ) as folder:
+        images, labels, _classes = load_labeled_folder(folder, spec)
     suite = suite_for(options, settings, default=suite)
     model, device = load_job_model(
         "calibrate",

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from flipwatch.service.alert.evaluation import evaluate_alerts
 from flipwatch.service.calibration.service import latest_calibration
+from flipwatch.service.core import storage
 from flipwatch.service.core.settings import Settings
 from flipwatch.service.core.tables import Estimate, Image, Job, Model, Stream, utcnow
 from flipwatch.service.label.service import refresh_realized_accuracy
@@ -50,7 +51,7 @@ class _EstimateInputs:
     stream_id: uuid.UUID
     window_index: int
     steps: int
-    image_paths: list[tuple[str, str | None]]
+    image_paths: list[tuple[str, str | None]]  # (storage key, original filename)
     calibration: dict[str, Any] | None
     image_ids: list[uuid.UUID] = field(default_factory=list)  # same order as image_paths
 
@@ -123,10 +124,15 @@ def run_estimate(
     )
     key = window_key(claim.job_id, inputs.image_paths, spec)
     images = prefetcher.take(key) if prefetcher is not None else None
+    store = storage.open_store(settings)
     if images is None:
-        images = decode_window(inputs.image_paths, spec, device=str(device))
+        images = decode_window(
+            store, inputs.image_paths, spec, device=str(device), threads=settings.storage_threads
+        )
     if prefetcher is not None and settings.prefetch_windows:
-        prefetcher.prefetch_next(session_factory, claim.job_id)
+        prefetcher.prefetch_next(
+            session_factory, claim.job_id, store, threads=settings.storage_threads
+        )
     config = EstimateConfig(steps=inputs.steps, fast=settings.fast_path)
     with (slots or DeviceSlots()).job(str(device), model_key) as usage:
         started = time.perf_counter()

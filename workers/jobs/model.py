@@ -12,6 +12,7 @@ from flipwatch.service.core.settings import Settings
 from flipwatch.service.core.tables import Model
 from flipwatch.workers.jobs.lifecycle import JobMetrics
 from flipwatch.workers.model_cache import ModelCache, ModelKey
+from flipwatch.workers.objects import weights_cache
 
 if TYPE_CHECKING:
     import torch
@@ -38,10 +39,17 @@ def load_job_model(
     metrics: JobMetrics | None,
 ) -> tuple[nn.Module, torch.device]:
     """The cached (or newly loaded) model and the configured device; tells `metrics` that a job
-    of `kind` starts its work there."""
+    of `kind` starts its work there. On a miss the weights come from the store through the local
+    weights cache (by digest)."""
     from flipwatch.workers.estimation import resolve_device
 
-    model = model_cache.get(key, spec)
+    def local_weights(stored: ModelSpec) -> ModelSpec:
+        if stored.weights is None:
+            return stored
+        path = weights_cache(settings).path(stored.weights, key.weights_sha256)
+        return stored.model_copy(update={"weights": str(path)})
+
+    model = model_cache.get(key, spec, resolve=local_weights)
     device = resolve_device(settings.device)
     if metrics is not None:
         metrics.job_started(kind, str(device))

@@ -1,10 +1,10 @@
 """Decoding the next window while the current one adapts.
 
 When an estimate job starts its estimator, the worker looks up the oldest other queued estimate
-job and decodes that window's files on a background thread (on the CPU, which the GPU-bound
-adaptation leaves idle). When that job runs, in this worker, it takes the decoded tensor instead
-of decoding again. One window is held at most; a miss (another worker took the job, or the
-window changed) only costs the wasted decode.
+job, fetches that window's images from the object store and decodes them on a background thread
+(on the CPU, which the GPU-bound adaptation leaves idle). When that job runs, in this worker, it
+takes the decoded tensor instead of decoding again. One window is held at most; a miss (another
+worker took the job, or the window changed) only costs the wasted fetch and decode.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ import threading
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
+from flipwatch.service.core.storage import ObjectStore
 from flipwatch.service.core.tables import Image, Job, Model
 from flipwatch.workers.jobs.lifecycle import SessionFactory
+from flipwatch.workers.objects import fetch_objects
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -39,13 +41,21 @@ class WindowKey:
     spec_json: str
 
 
-def decode_window(paths: list[tuple[str, str | None]], spec: ModelSpec, *, device: str = "cpu"):
-    """Stored files -> uint8 (N, C, H, W) at the model's input size, in stream order; JPEGs in
-    one batch (on the GPU when `device` is one), other formats through Pillow."""
+def decode_window(
+    store: ObjectStore,
+    items: list[tuple[str, str | None]],
+    spec: ModelSpec,
+    *,
+    device: str = "cpu",
+    threads: int = 16,
+):
+    """Stored images (storage key, original filename) -> uint8 (N, C, H, W) at the model's input
+    size, in stream order. Only this window's objects are fetched (concurrently from a bucket);
+    JPEGs decode in one batch (on the GPU when `device` is one), other formats through Pillow."""
     from flipwatch.workers.estimation.images import decode_images
 
-    files = [Path(path).read_bytes() for path, _ in paths]
-    names = [filename or Path(path).name for path, filename in paths]
+    files = fetch_objects(store, [key for key, _ in items], threads=threads)
+    names = [filename or PurePosixPath(key).name for key, filename in items]
     return decode_images(files, spec, names=names, device=device)
 
 
@@ -75,8 +85,16 @@ class WindowPrefetcher:
         self.hits += 1
         return images
 
-    def prefetch_next(self, session_factory: SessionFactory, current: uuid.UUID) -> None:
-        """Start decoding the oldest queued estimate job's window other than `current`."""
+    def prefetch_next(
+        self,
+        session_factory: SessionFactory,
+        current: uuid.UUID,
+        store: ObjectStore,
+        *,
+        threads: int = 16,
+    ) -> None:
+        """Start fetching and decoding the oldest queued estimate job's window other than
+        `current`."""
         try:
             found = _next_window(session_factory, current)
         except Exception:  # noqa: BLE001 - advisory: the job itself will decode
@@ -88,7 +106,7 @@ class WindowPrefetcher:
         with self._lock:
             if self._slot is not None and self._slot[0] == key:
                 return
-            future = self._executor.submit(decode_window, paths, spec)
+            future = self._executor.submit(decode_window, store, paths, spec, threads=threads)
             self._slot = (key, future)
         log.debug("prefetching window of job %s (%d files)", key.job_id, len(paths))
 

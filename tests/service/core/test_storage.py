@@ -1,4 +1,5 @@
-"""File storage: atomic writes (the one helper images, the admin token and the demo cache use)."""
+"""Plain local files: atomic writes (the admin token and the demo cache) and file digests. The
+object store itself has its contract tests in tests/storage/."""
 
 from __future__ import annotations
 
@@ -36,14 +37,6 @@ class TestWriteAtomic:
             storage.write_atomic(path, "not bytes")  # type: ignore[arg-type]
         assert path.read_bytes() == b"old"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json"]
-
-
-def test_store_content_keeps_the_first_copy_of_a_digest(tmp_path: Path) -> None:
-    path = storage.image_path(tmp_path, "ab" * 32, "PNG")
-    storage.store_content(path, b"first")
-    storage.store_content(path, b"second")  # same name promises same content: not rewritten
-    assert path.read_bytes() == b"first"
-    assert path.relative_to(tmp_path.resolve()).as_posix() == f"images/ab/ab/{'ab' * 32}.png"
 
 
 def test_sha256_file_equals_hashlib_over_the_bytes(tmp_path: Path) -> None:

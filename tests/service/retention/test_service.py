@@ -1,4 +1,5 @@
-"""Retention and orphan sweeps against the real Postgres, with real ingests and files."""
+"""Retention and orphan sweeps against the real Postgres, with real ingests and stored objects, on
+both storage backends (local directory, real S3 server)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from flipwatch.service.batch.service import Upload, ingest_batch
 from flipwatch.service.core import storage
 from flipwatch.service.core.db import make_sessionmaker
+from flipwatch.service.core.errors import BatchRejected
 from flipwatch.service.core.settings import Settings
 from flipwatch.service.core.tables import Batch, Estimate, Image, Stream
 from flipwatch.service.retention.service import (
@@ -71,13 +73,14 @@ def positions(factory: sessionmaker[Session], stream_id: uuid.UUID) -> list[int]
         )
 
 
-def image_files(data_dir: Path) -> set[str]:
-    return {str(p) for p in (data_dir / "images").rglob("*") if p.is_file()}
+def image_objects(settings: Settings) -> set[str]:
+    return {info.key for info in storage.open_store(settings).list("images/")}
 
 
 def test_keeps_the_newest_images_and_every_window_an_unfinished_job_needs(
-    session_factory: sessionmaker[Session], settings: Settings
+    session_factory: sessionmaker[Session], backend_settings: Settings
 ) -> None:
+    settings = backend_settings
     stream_id = stream_of_five_batches(session_factory, settings, retain_images=4)
     with session_factory() as session:
         stream = session.get(Stream, stream_id)
@@ -96,13 +99,14 @@ def test_keeps_the_newest_images_and_every_window_an_unfinished_job_needs(
         paths = set(session.scalars(select(Image.path)))
         assert session.scalar(select(func.count()).select_from(Batch)) == 3
         assert session.scalar(select(func.count()).select_from(Estimate)) == 1
-    assert image_files(settings.data_dir) == paths
+    assert image_objects(settings) == paths
     assert enforce_retention(session_factory, settings).images_deleted == 0  # idempotent
 
 
 def test_deletes_images_older_than_the_age_limit_but_not_the_open_window(
-    session_factory: sessionmaker[Session], settings: Settings
+    session_factory: sessionmaker[Session], backend_settings: Settings
 ) -> None:
+    settings = backend_settings
     stream_id = stream_of_five_batches(session_factory, settings, retain_days=1)
 
     assert enforce_retention(session_factory, settings).images_deleted == 0
@@ -110,46 +114,112 @@ def test_deletes_images_older_than_the_age_limit_but_not_the_open_window(
 
     assert report.images_deleted == 16
     assert positions(session_factory, stream_id) == [16, 17]
-    assert len(image_files(settings.data_dir)) == 2
+    assert len(image_objects(settings)) == 2
 
 
 def test_streams_without_a_policy_keep_everything(
-    session_factory: sessionmaker[Session], settings: Settings
+    session_factory: sessionmaker[Session], backend_settings: Settings
 ) -> None:
+    settings = backend_settings
     stream_id = stream_of_five_batches(session_factory, settings)
     assert enforce_retention(session_factory, settings, now_offset_s=10**8).images_deleted == 0
     assert len(positions(session_factory, stream_id)) == 18
 
 
 def test_a_file_another_row_still_references_is_kept(
-    session_factory: sessionmaker[Session], settings: Settings
+    session_factory: sessionmaker[Session], backend_settings: Settings
 ) -> None:
+    settings = backend_settings
     stream_id = stream_of_five_batches(session_factory, settings)
     with session_factory() as session:
         path = session.scalar(select(Image.path).where(Image.stream_id == stream_id))
-    orphan = storage.image_path(settings.data_dir, "ab" * 32, "PNG")
-    storage.write_atomic(orphan, b"no row")
+    store = storage.open_store(settings)
+    orphan = storage.image_key("ab" * 32, "PNG")
+    store.put(orphan, b"no row")
 
-    removed = remove_unreferenced(session_factory, settings.data_dir, [path, str(orphan)])
+    removed = remove_unreferenced(session_factory, store, [path, orphan])
 
     assert removed == 1
-    assert Path(path).exists() and not orphan.exists()
+    assert store.exists(path) and not store.exists(orphan)
+    assert list(store.list("trash/")) == []
 
 
 def test_the_orphan_sweep_removes_old_unreferenced_files_only(
     session_factory: sessionmaker[Session], settings: Settings
 ) -> None:
     stream_of_five_batches(session_factory, settings)
-    young = storage.write_atomic(storage.image_path(settings.data_dir, "cd" * 32, "PNG"), b"y")
-    old = storage.write_atomic(storage.image_path(settings.data_dir, "ef" * 32, "PNG"), b"o")
+    store = storage.open_store(settings)
+    young, old = storage.image_key("cd" * 32, "PNG"), storage.image_key("ef" * 32, "PNG")
+    store.put(young, b"y")
+    store.put(old, b"o")
     an_hour_ago = time.time() - 3600
-    os.utime(old, (an_hour_ago, an_hour_ago))
-    for path in image_files(settings.data_dir):
-        if path != str(young):
-            os.utime(path, (an_hour_ago, an_hour_ago))
+    for key in image_objects(settings) - {young}:  # local files can be aged, S3 objects cannot
+        os.utime(Path(settings.data_dir) / key, (an_hour_ago, an_hour_ago))
 
     report = sweep_orphans(session_factory, settings, grace_seconds=600)
 
     assert report.files_deleted == 1
-    assert not old.exists() and young.exists()
-    assert len(image_files(settings.data_dir)) == 19
+    assert not store.exists(old) and store.exists(young)
+    assert len(image_objects(settings)) == 19
+
+
+def test_the_orphan_sweep_removes_unreferenced_objects_and_trash_leftovers(
+    session_factory: sessionmaker[Session], backend_settings: Settings
+) -> None:
+    settings = backend_settings
+    stream_of_five_batches(session_factory, settings)
+    store = storage.open_store(settings)
+    referenced = image_objects(settings)
+    orphan = storage.image_key("ef" * 32, "PNG")
+    store.put(orphan, b"o")
+    store.put("trash/0123.png", b"left by a process killed mid-removal")
+
+    report = sweep_orphans(session_factory, settings, grace_seconds=0)
+
+    assert report.files_deleted == 1
+    assert image_objects(settings) == referenced
+    assert list(store.list("trash/")) == []
+
+
+def test_a_rejected_batch_leaves_no_object(
+    session_factory: sessionmaker[Session], backend_settings: Settings
+) -> None:
+    with session_factory() as session:
+        stream = make_stream(session, window_size=64)
+        key, _ = make_api_key(session)
+        session.commit()
+        uploads = [Upload("0.png", image_bytes(0)), Upload("bad.png", b"not an image")]
+        with pytest.raises(BatchRejected):
+            ingest_batch(
+                session,
+                settings=backend_settings,
+                stream_id=stream.id,
+                api_key=key,
+                uploads=uploads,
+                idempotency_key=None,
+            )
+        session.rollback()
+
+    assert list(storage.open_store(backend_settings).list()) == []
+
+
+def test_a_batch_failing_after_its_images_were_staged_leaves_no_object(
+    session_factory: sessionmaker[Session], backend_settings: Settings
+) -> None:
+    with session_factory() as session:
+        stream = make_stream(session, window_size=64)
+        key, _ = make_api_key(session)
+        session.commit()
+        ingest_batch(
+            session,
+            settings=backend_settings,
+            stream_id=stream.id,
+            api_key=key,
+            uploads=[Upload(f"{i}.png", image_bytes(i)) for i in range(3)],
+            idempotency_key=None,
+        )
+        store = storage.open_store(backend_settings)
+        assert len(list(store.list("incoming/"))) == 3  # staged, not yet in place
+        session.rollback()  # e.g. the commit failed
+
+    assert list(store.list()) == []
