@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from flipwatch.cli.startup import free_port  # noqa: E402
 from flipwatch.service.core.db import upgrade_database  # noqa: E402
+from flipwatch.service.core.logging import configure_logging  # noqa: E402
 from flipwatch.service.core.settings import Settings  # noqa: E402
 from flipwatch.service.main import create_app  # noqa: E402
 
@@ -77,6 +78,7 @@ def main() -> None:
         ),
     )
     args = parser.parse_args()
+    configure_logging("warning", "console")  # on stderr: stdout carries only the JSON
     runs = []
     for streams in (int(s) for s in args.streams.split(",")):
         runs.append(
@@ -463,7 +465,9 @@ def scrape(settings: Settings, *, scrapes: int) -> dict[str, Any]:
     seconds.sort()
     return {
         "scrape_p50_s": round(statistics.median(seconds), 3),
-        "scrape_p95_s": round(seconds[min(len(seconds) - 1, math.ceil(0.95 * len(seconds)) - 1)], 3),
+        "scrape_p95_s": round(
+            seconds[min(len(seconds) - 1, math.ceil(0.95 * len(seconds)) - 1)], 3
+        ),
         "scrape_max_s": round(seconds[-1], 3),
         "scrapes": len(seconds),
         "response_bytes": len(body),

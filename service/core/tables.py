@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
@@ -234,7 +235,17 @@ class Estimate(Base):
     """The estimator's output for one stream window; at most one per window, by constraint."""
 
     __tablename__ = "estimates"
-    __table_args__ = (UniqueConstraint("stream_id", "window_index"),)
+    __table_args__ = (
+        UniqueConstraint("stream_id", "window_index"),
+        # The realized-accuracy metrics read each stream's newest labeled windows: only those.
+        Index(
+            "ix_estimates_stream_id_window_index_realized",
+            "stream_id",
+            "window_index",
+            postgresql_where=text("realized_accuracy IS NOT NULL"),
+            sqlite_where=text("realized_accuracy IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     stream_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("streams.id"))
@@ -254,6 +265,27 @@ class Estimate(Base):
     labeled_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     realized_accuracy: Mapped[float | None] = mapped_column(Float)
     realized_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class LatestEstimate(Base):
+    """One row per stream: what /metrics exports from the stream's latest estimate.
+
+    Kept in the transaction that inserts an estimate (`estimate.latest.record_latest_estimate`),
+    so a scrape reads one small row per stream instead of the latest of a million estimates and
+    their result documents. `series` holds the finite values taken from the stored result (None
+    when it does not parse); `last_estimate_at` is the newest `created_at` of any of the stream's
+    estimates, which may belong to an older window estimated late.
+    """
+
+    __tablename__ = "latest_estimates"
+
+    stream_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("streams.id"), primary_key=True)
+    estimate_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("estimates.id"), index=True)
+    window_index: Mapped[int] = mapped_column(Integer)
+    estimated_accuracy: Mapped[float] = mapped_column(Float)
+    weighted_flips: Mapped[float | None] = mapped_column(Float)
+    series: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    last_estimate_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 ALERT_RULE_KINDS = ("accuracy_below", "drop_below_reference", "embedding_above")
