@@ -79,6 +79,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     configure_logging("warning", "console")  # on stderr: stdout carries only the JSON
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     runs = []
     for streams in (int(s) for s in args.streams.split(",")):
         runs.append(
@@ -89,7 +90,8 @@ def main() -> None:
                 scrapes=args.scrapes,
             )
         )
-    print(json.dumps({"benchmark": "metrics_scrape", "runs": runs, **environment(args)}, indent=2))
+    facts = {"load_average_at_start": load_at_start, **environment(args)}
+    print(json.dumps({"benchmark": "metrics_scrape", "runs": runs, **facts}, indent=2))
 
 
 def measure(*, admin_url: str, streams: int, estimates: int, scrapes: int) -> dict[str, Any]:
@@ -443,13 +445,14 @@ def scrape(settings: Settings, *, scrapes: int) -> dict[str, Any]:
     try:
         while not server.started:
             time.sleep(0.05)
-        seconds = []
+        seconds, cpu = [], []
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
             body = client.get("/metrics").content  # warm-up: connection pool, first queries
             for _ in range(scrapes):
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.process_time()
                 response = client.get("/metrics")
                 seconds.append(time.perf_counter() - started)
+                cpu.append(time.process_time() - cpu_started)
                 response.raise_for_status()
                 body = response.content
     finally:
@@ -469,6 +472,9 @@ def scrape(settings: Settings, *, scrapes: int) -> dict[str, Any]:
             seconds[min(len(seconds) - 1, math.ceil(0.95 * len(seconds)) - 1)], 3
         ),
         "scrape_max_s": round(seconds[-1], 3),
+        # CPU seconds of this process (the API serving the scrape, plus the client reading it):
+        # steadier than wall time on a shared machine; Postgres's own CPU is not in it.
+        "scrape_process_cpu_p50_s": round(statistics.median(cpu), 3),
         "scrapes": len(seconds),
         "response_bytes": len(body),
         "series": len(lines),
@@ -499,7 +505,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
     }
 
 

@@ -231,17 +231,40 @@ class Job(Base):
     request_id: Mapped[str | None] = mapped_column(String(128))
 
 
+NO_STREAM = uuid.UUID(int=0)
+"""`JobCount.stream_key` of jobs without a stream (calibrations)."""
+
+
+class JobCount(Base):
+    """How many jobs each (stream, model, state) has: what flipwatch_jobs exports.
+
+    Kept by database triggers on `jobs` (insert, delete, and updates of state, stream_id or
+    model_id; migration 7b4d2e9c1a60), so every code path that moves a job, bulk updates
+    included, keeps it exact without counting a million jobs per scrape. Calibration jobs have
+    `stream_key` = NO_STREAM. Rows may reach 0 and stay.
+    """
+
+    __tablename__ = "job_counts"
+
+    stream_key: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    model_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), primary_key=True)
+    jobs: Mapped[int] = mapped_column(Integer)
+
+
 class Estimate(Base):
     """The estimator's output for one stream window; at most one per window, by constraint."""
 
     __tablename__ = "estimates"
     __table_args__ = (
         UniqueConstraint("stream_id", "window_index"),
-        # The realized-accuracy metrics read each stream's newest labeled windows: only those.
+        # The realized-accuracy metrics read each stream's newest labeled windows: only those,
+        # from the index alone on Postgres (INCLUDE the two values, an index-only scan).
         Index(
             "ix_estimates_stream_id_window_index_realized",
             "stream_id",
             "window_index",
+            postgresql_include=["estimated_accuracy", "realized_accuracy"],
             postgresql_where=text("realized_accuracy IS NOT NULL"),
             sqlite_where=text("realized_accuracy IS NOT NULL"),
         ),

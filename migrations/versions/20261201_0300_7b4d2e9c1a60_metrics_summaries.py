@@ -1,5 +1,6 @@
-"""latest_estimates: one row per stream with what /metrics exports from its latest estimate, and a
-partial index over labeled estimates; backfilled from the estimates table
+"""metrics summaries: latest_estimates (one row per stream with what /metrics exports from its
+latest estimate), job_counts (jobs per stream, model and state, kept by triggers on jobs) and a
+partial index over labeled estimates; both tables backfilled
 
 Revision ID: 7b4d2e9c1a60
 Revises: 5e7a1c2b9d30
@@ -48,10 +49,104 @@ def upgrade() -> None:
             "ix_estimates_stream_id_window_index_realized",
             ["stream_id", "window_index"],
             unique=False,
+            postgresql_include=["estimated_accuracy", "realized_accuracy"],
             postgresql_where=sa.text("realized_accuracy IS NOT NULL"),
             sqlite_where=sa.text("realized_accuracy IS NOT NULL"),
         )
     backfill()
+    op.create_table(
+        "job_counts",
+        sa.Column("stream_key", sa.Uuid(), nullable=False),
+        sa.Column("model_id", sa.Uuid(), nullable=False),
+        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("jobs", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["model_id"], ["models.id"], name=op.f("fk_job_counts_model_id_models")
+        ),
+        sa.PrimaryKeyConstraint("stream_key", "model_id", "state", name=op.f("pk_job_counts")),
+    )
+    bind = op.get_bind()
+    if bind.dialect.name == "postgresql":
+        for statement in POSTGRES_TRIGGERS:
+            op.execute(statement)
+        nil = "'00000000-0000-0000-0000-000000000000'::uuid"
+    else:
+        for statement in SQLITE_TRIGGERS:
+            op.execute(statement)
+        nil = f"'{SQLITE_NIL}'"
+    op.execute(
+        "INSERT INTO job_counts (stream_key, model_id, state, jobs) "
+        f"SELECT coalesce(stream_id, {nil}), model_id, state, count(*) FROM jobs "
+        f"GROUP BY coalesce(stream_id, {nil}), model_id, state"
+    )
+
+
+# Jobs without a stream (calibrations) count under the nil UUID (tables.NO_STREAM).
+# Postgres: one row trigger; an update touches its two counts in key order, so two transactions
+# moving jobs of one stream lock them in the same order.
+POSTGRES_TRIGGERS = (
+    """
+    CREATE FUNCTION flipwatch_add_job_count(k uuid, m uuid, s varchar, d integer)
+    RETURNS void LANGUAGE sql AS $$
+        INSERT INTO job_counts (stream_key, model_id, state, jobs) VALUES (k, m, s, d)
+        ON CONFLICT (stream_key, model_id, state) DO UPDATE SET jobs = job_counts.jobs + d
+    $$
+    """,
+    """
+    CREATE FUNCTION flipwatch_count_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        nil CONSTANT uuid := '00000000-0000-0000-0000-000000000000';
+        old_key uuid;
+        new_key uuid;
+    BEGIN
+        IF TG_OP = 'INSERT' THEN
+            PERFORM flipwatch_add_job_count(coalesce(NEW.stream_id, nil), NEW.model_id,
+                                            NEW.state, 1);
+            RETURN NULL;
+        END IF;
+        old_key := coalesce(OLD.stream_id, nil);
+        IF TG_OP = 'DELETE' THEN
+            PERFORM flipwatch_add_job_count(old_key, OLD.model_id, OLD.state, -1);
+            RETURN NULL;
+        END IF;
+        new_key := coalesce(NEW.stream_id, nil);
+        IF (old_key, OLD.model_id, OLD.state) = (new_key, NEW.model_id, NEW.state) THEN
+            RETURN NULL;
+        END IF;
+        IF (old_key, OLD.model_id, OLD.state) < (new_key, NEW.model_id, NEW.state) THEN
+            PERFORM flipwatch_add_job_count(old_key, OLD.model_id, OLD.state, -1);
+            PERFORM flipwatch_add_job_count(new_key, NEW.model_id, NEW.state, 1);
+        ELSE
+            PERFORM flipwatch_add_job_count(new_key, NEW.model_id, NEW.state, 1);
+            PERFORM flipwatch_add_job_count(old_key, OLD.model_id, OLD.state, -1);
+        END IF;
+        RETURN NULL;
+    END
+    $$
+    """,
+    """
+    CREATE TRIGGER jobs_count AFTER INSERT OR DELETE OR UPDATE OF state, stream_id, model_id
+    ON jobs FOR EACH ROW EXECUTE FUNCTION flipwatch_count_jobs()
+    """,
+)
+# SQLite stores a Uuid as 32 hex digits; writers are serialised, so lock order does not matter.
+SQLITE_NIL = "0" * 32
+_SQLITE_ADD = (
+    "INSERT INTO job_counts (stream_key, model_id, state, jobs) "
+    "VALUES (coalesce(NEW.stream_id, '{nil}'), NEW.model_id, NEW.state, 1) "
+    "ON CONFLICT (stream_key, model_id, state) DO UPDATE SET jobs = jobs + 1;"
+).format(nil=SQLITE_NIL)
+_SQLITE_REMOVE = (
+    "UPDATE job_counts SET jobs = jobs - 1 WHERE stream_key = coalesce(OLD.stream_id, '{nil}') "
+    "AND model_id = OLD.model_id AND state = OLD.state;"
+).format(nil=SQLITE_NIL)
+SQLITE_TRIGGERS = (
+    f"CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs BEGIN {_SQLITE_ADD} END",
+    f"CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs BEGIN {_SQLITE_REMOVE} END",
+    "CREATE TRIGGER jobs_count_update AFTER UPDATE OF state, stream_id, model_id ON jobs "
+    "WHEN OLD.state IS NOT NEW.state OR OLD.stream_id IS NOT NEW.stream_id "
+    f"OR OLD.model_id IS NOT NEW.model_id BEGIN {_SQLITE_REMOVE} {_SQLITE_ADD} END",
+)
 
 
 def backfill() -> None:
@@ -128,6 +223,14 @@ def backfill() -> None:
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP TRIGGER jobs_count ON jobs")
+        op.execute("DROP FUNCTION flipwatch_count_jobs()")
+        op.execute("DROP FUNCTION flipwatch_add_job_count(uuid, uuid, varchar, integer)")
+    else:
+        for name in ("jobs_count_insert", "jobs_count_delete", "jobs_count_update"):
+            op.execute(f"DROP TRIGGER {name}")
+    op.drop_table("job_counts")
     with op.batch_alter_table("estimates", schema=None) as batch_op:
         batch_op.drop_index(
             "ix_estimates_stream_id_window_index_realized",
