@@ -6,18 +6,13 @@ SQLite (the embedded default)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
-import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from flipwatch.service.core.db import make_engine, upgrade_database
-from flipwatch.service.core.settings import Settings
 from flipwatch.service.core.tables import JOB_STATES, AlertRule, Estimate, Job, Model, Stream
 from flipwatch.service.estimate.service import stored_result
 from flipwatch.service.metrics.collector import read_stream_snapshot, render_text
@@ -33,23 +28,6 @@ from tests.factories import (
 
 SampleKey = tuple[str, frozenset[tuple[str, str]], float]
 ERROR_WINDOWS = 3
-
-
-@pytest.fixture(params=["postgres", "sqlite"])
-def any_session(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Session]:
-    """The rolled-back Postgres test session, or a session on a migrated SQLite file."""
-    if request.param == "postgres":
-        yield request.getfixturevalue("session")
-        return
-    url = f"sqlite:///{tmp_path / 'flipwatch.db'}"
-    settings = Settings(database_url=url, redis_url=None, data_dir=tmp_path)
-    upgrade_database(settings, url=url)
-    engine = make_engine(settings, url=url)
-    try:
-        with Session(engine, expire_on_commit=False) as session:
-            yield session
-    finally:
-        engine.dispose()
 
 
 def metrics_on(session: Session) -> ApiMetrics:
