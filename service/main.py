@@ -111,7 +111,7 @@ def create_app(
         metrics_server = None
         if settings.metrics_port is not None:
             metrics_server = serve_metrics(
-                app.state.metrics.registry, host=settings.metrics_host, port=settings.metrics_port
+                app.state.metrics, host=settings.metrics_host, port=settings.metrics_port
             )
         try:
             yield

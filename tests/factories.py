@@ -29,6 +29,7 @@ from flipwatch.service.core.tables import (
     Stream,
     utcnow,
 )
+from flipwatch.service.estimate.latest import record_latest_estimate
 from flipwatch.workers.estimation.result import EstimateResult
 
 _counter = itertools.count(1)
@@ -143,6 +144,7 @@ def make_estimate(
     estimate = Estimate(**(values | overrides))
     session.add(estimate)
     session.flush()
+    record_latest_estimate(session, estimate)  # as the estimate job does, same transaction
     return estimate
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
@@ -233,11 +234,44 @@ class Job(Base):
     request_id: Mapped[str | None] = mapped_column(String(128))
 
 
+NO_STREAM = uuid.UUID(int=0)
+"""`JobCount.stream_key` of jobs without a stream (calibrations)."""
+
+
+class JobCount(Base):
+    """How many jobs each (stream, model, state) has: what flipwatch_jobs exports.
+
+    Kept by database triggers on `jobs` (insert, delete, and updates of state, stream_id or
+    model_id; migration 7b4d2e9c1a60), so every code path that moves a job, bulk updates
+    included, keeps it exact without counting a million jobs per scrape. Calibration jobs have
+    `stream_key` = NO_STREAM. Rows may reach 0 and stay.
+    """
+
+    __tablename__ = "job_counts"
+
+    stream_key: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    model_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), primary_key=True)
+    jobs: Mapped[int] = mapped_column(Integer)
+
+
 class Estimate(Base):
     """The estimator's output for one stream window; at most one per window, by constraint."""
 
     __tablename__ = "estimates"
-    __table_args__ = (UniqueConstraint("stream_id", "window_index"),)
+    __table_args__ = (
+        UniqueConstraint("stream_id", "window_index"),
+        # The realized-accuracy metrics read each stream's newest labeled windows: only those,
+        # from the index alone on Postgres (INCLUDE the two values, an index-only scan).
+        Index(
+            "ix_estimates_stream_id_window_index_realized",
+            "stream_id",
+            "window_index",
+            postgresql_include=["estimated_accuracy", "realized_accuracy"],
+            postgresql_where=text("realized_accuracy IS NOT NULL"),
+            sqlite_where=text("realized_accuracy IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     stream_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("streams.id"))
@@ -257,6 +291,27 @@ class Estimate(Base):
     labeled_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     realized_accuracy: Mapped[float | None] = mapped_column(Float)
     realized_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class LatestEstimate(Base):
+    """One row per stream: what /metrics exports from the stream's latest estimate.
+
+    Kept in the transaction that inserts an estimate (`estimate.latest.record_latest_estimate`),
+    so a scrape reads one small row per stream instead of the latest of a million estimates and
+    their result documents. `series` holds the finite values taken from the stored result (None
+    when it does not parse); `last_estimate_at` is the newest `created_at` of any of the stream's
+    estimates, which may belong to an older window estimated late.
+    """
+
+    __tablename__ = "latest_estimates"
+
+    stream_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("streams.id"), primary_key=True)
+    estimate_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("estimates.id"), index=True)
+    window_index: Mapped[int] = mapped_column(Integer)
+    estimated_accuracy: Mapped[float] = mapped_column(Float)
+    weighted_flips: Mapped[float | None] = mapped_column(Float)
+    series: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    last_estimate_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 ALERT_RULE_KINDS = ("accuracy_below", "drop_below_reference", "embedding_above")

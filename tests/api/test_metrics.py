@@ -304,3 +304,19 @@ def test_metrics_port_serves_metrics_there_and_not_on_the_api_port(
     ]
     with pytest.raises(httpx.ConnectError):  # stopped with the app
         httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+def test_scrape_is_gzipped_only_for_scrapers_that_accept_it(session, scrape, client):
+    """Prometheus asks for gzip: 10,000 streams are ~29 MB of text, ~2.6 MB gzipped."""
+    make_stream(session, name="zipped")
+    session.flush()
+
+    plain = client.get("/metrics", headers={"Accept-Encoding": "identity"})
+    zipped = client.get("/metrics", headers={"Accept-Encoding": "gzip"})
+
+    assert "content-encoding" not in plain.headers
+    assert zipped.headers["content-encoding"] == "gzip"
+    assert int(zipped.headers["content-length"]) < len(zipped.content)  # decoded by the client
+    for response in (plain, zipped):
+        assert response.headers["content-type"].startswith("text/plain")
+        assert one(parse(response.text), "flipwatch_images_ingested_total", stream="zipped") == 0

@@ -212,6 +212,23 @@ def test_prometheus_requires_its_login_and_has_no_lifecycle_api(prometheus: Prom
     assert healthcheck.returncode == 0, healthcheck.stderr
 
 
+def test_prometheus_reads_the_api_metrics_port(prometheus: Prometheus):
+    """The metrics port's own handler (text format, gzipped on request) is what Prometheus
+    ingests: the target is up and the database gauge arrives."""
+
+    def scraped() -> list[dict[str, Any]]:
+        query = 'flipwatch_database_up{job="flipwatch-api"} == 1'
+        return prometheus.get("/api/v1/query", query=query)["result"]
+
+    wait_for("flipwatch_database_up from the API port", scraped, timeout=30)
+    (target,) = [
+        t
+        for t in prometheus.get("/api/v1/targets")["activeTargets"]
+        if t["labels"]["job"] == "flipwatch-api"
+    ]
+    assert (target["health"], target["lastError"]) == ("up", "")
+
+
 def test_drift_alert_fires_on_shifted_windows_and_resolves_on_clean_ones(
     stack: Stack,
     prometheus: Prometheus,

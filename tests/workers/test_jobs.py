@@ -30,10 +30,13 @@ from flipwatch.service.core.tables import (
     Estimate,
     Image,
     Job,
+    JobCount,
+    LatestEstimate,
     Model,
     Stream,
     utcnow,
 )
+from flipwatch.service.estimate.latest import latest_series
 from flipwatch.service.job.service import create_calibration_job
 from flipwatch.workers import jobs
 from flipwatch.workers.model_cache import ModelCache
@@ -207,6 +210,39 @@ class TestEstimateJob:
         assert estimate.result["num_images"] == 96
         assert estimate.signal == estimate.result["signal"]
         assert estimate.weighted_flips == estimate.result["weighted_flips"]
+
+    def test_finished_estimate_moves_the_streams_metrics_rows(
+        self,
+        session_factory: sessionmaker[Session],
+        worker_settings: Settings,
+        tiny_weights: Path,
+        tiny_calibration: dict[str, Any],
+    ) -> None:
+        """latest_estimates and job_counts (what /metrics reads) commit with the estimate."""
+        stream_id, (first, second) = setup_estimate(
+            session_factory, worker_settings, tiny_weights, tiny_calibration, jobs_per_window=2
+        )
+
+        assert run(session_factory, worker_settings, first) is jobs.JobOutcome.SUCCEEDED
+        assert run(session_factory, worker_settings, second) is jobs.JobOutcome.SUCCEEDED
+
+        with session_factory() as session:
+            estimate = session.scalars(
+                select(Estimate).where(Estimate.stream_id == stream_id)
+            ).one()
+            latest = session.get(LatestEstimate, stream_id)
+            counts = {
+                c.state: c.jobs
+                for c in session.scalars(select(JobCount).where(JobCount.stream_key == stream_id))
+            }
+        assert latest is not None
+        assert (latest.estimate_id, latest.window_index) == (estimate.id, 0)
+        assert latest.estimated_accuracy == estimate.estimated_accuracy
+        assert latest.weighted_flips == estimate.weighted_flips
+        assert latest.series == latest_series(estimate.result)
+        assert latest.series is not None and latest.series["signal"] == estimate.signal
+        assert latest.last_estimate_at == estimate.created_at
+        assert counts == {"queued": 0, "running": 0, "succeeded": 2}
 
     def test_finished_estimate_moves_alert_rules_in_the_same_transaction(
         self,

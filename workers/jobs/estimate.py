@@ -21,6 +21,7 @@ from flipwatch.service.calibration.service import latest_calibration
 from flipwatch.service.core import storage
 from flipwatch.service.core.settings import Settings
 from flipwatch.service.core.tables import Estimate, Image, Job, Model, Stream, utcnow
+from flipwatch.service.estimate.latest import record_latest_estimate
 from flipwatch.service.label.service import refresh_realized_accuracy
 from flipwatch.workers.jobs.failures import UserError
 from flipwatch.workers.jobs.lifecycle import (
@@ -227,6 +228,8 @@ def finish_estimate(
                 )
                 session.add(estimate)
                 session.flush()
+                # The scrape's per-stream row moves with the estimate (same savepoint).
+                record_latest_estimate(session, estimate)
         except IntegrityError:
             log.warning(
                 "job %s: window %d of stream %s already has an estimate; no second row written",
