@@ -26,6 +26,7 @@ from flipwatch.service.core.tables import (
     AlertRule,
     Calibration,
     Estimate,
+    LatestEstimate,
     Model,
     Stream,
     WebhookNotification,
@@ -237,6 +238,7 @@ def committed(engine: Engine) -> Iterator[Callable[[Session], None]]:
             )
             session.execute(delete(AlertEvent).where(AlertEvent.stream_id == stream.id))
             session.execute(delete(AlertRule).where(AlertRule.stream_id == stream.id))
+            session.execute(delete(LatestEstimate).where(LatestEstimate.stream_id == stream.id))
             session.execute(delete(Estimate).where(Estimate.stream_id == stream.id))
             session.execute(delete(Stream).where(Stream.id == stream.id))
             session.execute(delete(Calibration).where(Calibration.model_id == stream.model_id))
