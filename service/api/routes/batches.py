@@ -84,7 +84,7 @@ async def create_batch(
         uploads=uploads,
         idempotency_key=idempotency_key,
     )
-    outbox.add(*(job.id for job in result.jobs))
+    outbox.add(*result.jobs)
     headers = {"Location": f"/v1/streams/{stream_id}"}
     if result.replayed:
         headers["Idempotent-Replayed"] = "true"
