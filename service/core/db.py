@@ -43,7 +43,10 @@ def make_engine(settings: Settings, *, url: str | None = None, **kwargs: Any) ->
         engine = create_engine(url, connect_args={"check_same_thread": False}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    options: dict[str, Any] = {"pool_pre_ping": True, "connect_args": postgres_connect_args(settings)}
+    options: dict[str, Any] = {
+        "pool_pre_ping": True,
+        "connect_args": postgres_connect_args(settings),
+    }
     if "poolclass" not in kwargs:  # a QueuePool, sized per process by the settings
         options["pool_size"] = settings.database_pool_size
         options["max_overflow"] = settings.database_max_overflow
