@@ -8,6 +8,7 @@ every rendered resource is validated; without it those two tests are skipped.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -182,3 +183,36 @@ def test_rendered_gpu_overlay_routes_estimates_to_gpu_workers() -> None:
         "containers"
     ]
     assert gpu["resources"]["requests"]["nvidia.com/gpu"] == 1
+
+
+@pytest.mark.parametrize("folder", [BASE, GPU], ids=["base", "gpu"])
+def test_every_pod_gets_settings_that_parse(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The values too: each flipwatch container's environment (ConfigMap, Secret placeholders,
+    its own env) builds a Settings, as the process would at start-up."""
+    from flipwatch.service.core.settings import Settings
+
+    resources = rendered(folder)
+    shared: dict[str, str] = {}
+    for doc in resources:
+        if (
+            doc["kind"] in ("ConfigMap", "Secret")
+            and doc["metadata"]["name"] != "flipwatch-prometheus"
+        ):
+            shared |= {
+                k: str(v) for k, v in {**doc.get("data", {}), **doc.get("stringData", {})}.items()
+            }
+    containers = [
+        c
+        for doc in resources
+        for c in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+    ]
+    assert containers
+    for container in containers:
+        for name in list(os.environ):
+            if name.startswith("FLIPWATCH_"):
+                monkeypatch.delenv(name)
+        own = {e["name"]: e["value"] for e in container.get("env", [])}
+        for name, value in (shared | own).items():
+            monkeypatch.setenv(name, value)
+        settings = Settings()
+        assert settings.environment == "prod" and settings.redis_url is not None

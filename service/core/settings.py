@@ -257,6 +257,10 @@ class Settings(BaseSettings):
     @field_validator("worker_queues", mode="before")
     @classmethod
     def _split_queues(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            import json
+
+            return json.loads(value)  # a JSON list works too
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
         return value

@@ -91,6 +91,9 @@ class TestSettings:
         settings = Settings(worker_queues="calibrations, estimates.cpu")
         assert settings.consumed_queues == (CALIBRATIONS, ESTIMATES_CPU)
 
+    def test_worker_queues_may_be_a_json_list(self) -> None:
+        assert Settings(worker_queues='["estimates.gpu"]').consumed_queues == (ESTIMATES_GPU,)
+
     def test_an_unknown_queue_is_refused_naming_the_known_ones(self) -> None:
         with pytest.raises(ValueError, match="choose from estimates.gpu, estimates.cpu"):
             Settings(worker_queues="estimates.tpu")
