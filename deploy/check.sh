@@ -62,7 +62,7 @@ check() {
 
 # The secrets docker-compose.yml requires (`${VAR:?message}`); .env.example lists each one empty.
 REQUIRED_SECRETS="POSTGRES_PASSWORD GRAFANA_ADMIN_USER GRAFANA_ADMIN_PASSWORD PROMETHEUS_USER PROMETHEUS_PASSWORD PROMETHEUS_PASSWORD_BCRYPT MINIO_ROOT_USER MINIO_ROOT_PASSWORD FLIPWATCH_STORAGE_ACCESS_KEY_ID FLIPWATCH_STORAGE_SECRET_ACCESS_KEY"
-COMPOSE_FILES="docker-compose.yml docker-compose.cpu.yml"
+COMPOSE_FILES="docker-compose.yml docker-compose.cpu.yml docker-compose.worker.yml"
 
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
@@ -118,6 +118,20 @@ if need docker-compose docker-compose; then
   check "docker-compose -f docker-compose.yml -f docker-compose.cpu.yml config -q" \
     docker-compose --env-file "$scratch/sample.env" -f docker-compose.yml \
       -f docker-compose.cpu.yml config -q
+  # The worker-host file (no database or broker of its own: both URLs are required).
+  { sample_env; echo "FLIPWATCH_DATABASE_URL=postgresql://flipwatch:sample@db.internal:5432/flipwatch"
+    echo "FLIPWATCH_REDIS_URL=redis://redis.internal:6379/0"; } > "$scratch/worker.env"
+  check "docker-compose -f docker-compose.worker.yml config -q" \
+    docker-compose --env-file "$scratch/worker.env" -f docker-compose.worker.yml config -q
+  check "docker-compose.worker.yml refuses to start without FLIPWATCH_DATABASE_URL" sh -c '
+    grep -v "^FLIPWATCH_DATABASE_URL=" "$1" > "$1.missing"
+    if out=$(env -u FLIPWATCH_DATABASE_URL docker-compose --env-file "$1.missing" \
+          -f docker-compose.worker.yml config -q 2>&1); then
+      echo "config succeeded without FLIPWATCH_DATABASE_URL"; exit 1
+    fi
+    case "$out" in *FLIPWATCH_DATABASE_URL*) exit 0 ;; esac
+    echo "failed, but the message does not name FLIPWATCH_DATABASE_URL: $out"; exit 1
+  ' _ "$scratch/worker.env"
   # Each required secret, left unset, must stop compose with a message naming it (a default such
   # as ${POSTGRES_PASSWORD:-flipwatch} would let it through). An empty env file shadows .env.
   for var in $REQUIRED_SECRETS; do
@@ -165,6 +179,8 @@ if docker compose version > /dev/null 2>&1; then
   check "docker compose -f docker-compose.yml -f docker-compose.cpu.yml config -q" \
     docker compose --env-file "$scratch/sample.env" -f docker-compose.yml \
       -f docker-compose.cpu.yml config -q
+  [ -f "$scratch/worker.env" ] && check "docker compose -f docker-compose.worker.yml config -q" \
+    docker compose --env-file "$scratch/worker.env" -f docker-compose.worker.yml config -q
 fi
 
 if [ "$failures" -ne 0 ]; then

@@ -296,6 +296,7 @@ class Job:
     finished_at: datetime | None = None
     heartbeat_at: datetime | None = None
     estimate_id: str | None = None
+    queue: str | None = None  # estimates.gpu, estimates.cpu or calibrations (newer servers)
     links: dict[str, str] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 

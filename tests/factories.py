@@ -118,6 +118,7 @@ def make_job(session: Session, *, stream: Stream, window_index: int = 0, **overr
         "model_id": stream.model_id,
         "window_index": window_index,
         "steps_total": stream.steps,
+        "queue": "estimates.gpu",
     }
     job = Job(**(values | overrides))
     session.add(job)

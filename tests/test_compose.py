@@ -22,6 +22,7 @@ yaml = pytest.importorskip("yaml")
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_CPU = ROOT / "docker-compose.cpu.yml"
+COMPOSE_WORKER = ROOT / "docker-compose.worker.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 CHECK_SH = ROOT / "deploy" / "check.sh"
 
@@ -86,6 +87,40 @@ def test_every_flipwatch_setting_reaches_the_cpu_worker():
         "environment"
     ]
     assert [n for n in setting_variables() if n not in environment] == []
+
+
+def test_every_flipwatch_setting_reaches_the_worker_host_file():
+    environment = yaml.safe_load(COMPOSE_WORKER.read_text(encoding="utf-8"))["services"]["worker"][
+        "environment"
+    ]
+    assert [n for n in setting_variables() if n not in environment] == []
+
+
+def test_worker_host_file_needs_the_shared_database_and_broker_and_consumes_gpu_queues():
+    worker = yaml.safe_load(COMPOSE_WORKER.read_text(encoding="utf-8"))["services"]["worker"]
+    environment = worker["environment"]
+    assert environment["FLIPWATCH_DATABASE_URL"].startswith("${FLIPWATCH_DATABASE_URL:?set ")
+    assert environment["FLIPWATCH_REDIS_URL"].startswith("${FLIPWATCH_REDIS_URL:?set ")
+    assert environment["FLIPWATCH_WORKER_QUEUES"] == (
+        "${FLIPWATCH_WORKER_QUEUES:-estimates.gpu,calibrations}"
+    )
+    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert device["capabilities"] == ["gpu"]
+
+
+@pytest.mark.parametrize(
+    ("path", "service"),
+    [(COMPOSE, "worker"), (COMPOSE_CPU, "worker-cpu"), (COMPOSE_WORKER, "worker")],
+)
+def test_workers_scale_on_one_host(path, service):
+    """`docker compose up --scale worker=N`: no fixed name, no single host port, and time to hand
+    the running job back on SIGTERM (the worker stops within 30 s; Docker's default is 10 s)."""
+    worker = yaml.safe_load(path.read_text(encoding="utf-8"))["services"][service]
+    assert "container_name" not in worker
+    for port in worker.get("ports", []):
+        host_port = port.rsplit(":", 1)[0].rsplit(":", 1)[-1]
+        assert "-" in host_port, f"{service}: {port} publishes one host port; use a range"
+    assert worker["stop_grace_period"] == "60s"
 
 
 def test_every_flipwatch_setting_is_documented_in_env_example():
@@ -247,7 +282,13 @@ def _tools_or_skip() -> str:
 def _scratch_copy(tmp_path: Path) -> Path:
     copy = tmp_path / "repo"
     copy.mkdir()
-    for name in ("docker-compose.yml", "docker-compose.cpu.yml", "Dockerfile", ".env.example"):
+    for name in (
+        "docker-compose.yml",
+        "docker-compose.cpu.yml",
+        "docker-compose.worker.yml",
+        "Dockerfile",
+        ".env.example",
+    ):
         shutil.copy2(ROOT / name, copy / name)
     shutil.copytree(ROOT / "deploy", copy / "deploy")
     return copy

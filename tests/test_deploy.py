@@ -344,12 +344,12 @@ def test_every_alert_has_firing_and_quiet_unit_tests(prom_rules):
 
 def test_prometheus_scrapes_api_and_worker(prom_rules):
     config = load_yaml(PROM_CONFIG)
-    jobs = {
-        job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
-        for job in config["scrape_configs"]
-    }
-    assert jobs["flipwatch-api"] == ["api:9100"]  # FLIPWATCH_METRICS_PORT in compose
-    assert jobs["flipwatch-worker"] == ["worker:9191"]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    api_targets = [t for sc in jobs["flipwatch-api"]["static_configs"] for t in sc["targets"]]
+    assert api_targets == ["api:9100"]  # FLIPWATCH_METRICS_PORT in compose
+    # Every replica of `worker` (docker compose up --scale worker=N) is found by DNS.
+    (workers,) = jobs["flipwatch-worker"]["dns_sd_configs"]
+    assert (workers["names"], workers["type"], workers["port"]) == (["worker"], "A", 9191)
     assert "rules/*.yml" in config["rule_files"]
 
 

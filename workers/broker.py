@@ -51,13 +51,13 @@ def worker_name(suffix: str = "") -> str:
 
 
 class RedisDispatcher:
-    """JobDispatcher that enqueues `estimation.run_job(job_id)` on the Redis broker."""
+    """JobDispatcher that enqueues `estimation.run_job(job_id)` on the job's queue in Redis."""
 
     def __init__(self, broker: RedisBroker) -> None:
         self.broker = broker
 
-    def send(self, job_id: uuid.UUID) -> None:
-        self.broker.enqueue(run_job_message(job_id))
+    def send(self, job_id: uuid.UUID, queue: str) -> None:
+        self.broker.enqueue(run_job_message(job_id, queue))
 
 
 class InProcessWorker:
@@ -112,7 +112,7 @@ class InProcessWorker:
         """Requeue what a previous run left behind, then start the job threads."""
         if self._workers:
             return
-        for job_id in jobs.requeue_interrupted_jobs(self.runtime.session_factory):
+        for job_id, _queue in jobs.requeue_interrupted_jobs(self.runtime.session_factory):
             self._queue.put(job_id)
         for index in range(self.threads):
             thread = threading.Thread(
@@ -188,10 +188,11 @@ class InProcessWorker:
 
 
 class InProcessDispatcher:
-    """JobDispatcher for embedded mode: hands the id to the InProcessWorker's queue."""
+    """JobDispatcher for embedded mode: hands the id to the InProcessWorker's queue (one process
+    runs every kind of job, so the capability queue does not matter there)."""
 
     def __init__(self, worker: InProcessWorker) -> None:
         self.worker = worker
 
-    def send(self, job_id: uuid.UUID) -> None:
+    def send(self, job_id: uuid.UUID, queue: str) -> None:
         self.worker.submit(job_id)

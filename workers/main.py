@@ -16,7 +16,7 @@ import logging
 import signal
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -25,11 +25,11 @@ import dramatiq
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 
 from flipwatch.service.core.db import make_engine, make_sessionmaker
-from flipwatch.service.core.dispatch import JobDispatcher
+from flipwatch.service.core.dispatch import JOB_QUEUES, JobDispatcher
 from flipwatch.service.core.settings import Settings
 from flipwatch.service.core.tracing import instrument_engine
 from flipwatch.workers import jobs
-from flipwatch.workers.actors import QUEUE_NAME, declare_actors
+from flipwatch.workers.actors import declare_actors
 from flipwatch.workers.broker import (
     DEFAULT_NAMESPACE,
     RedisDispatcher,
@@ -133,19 +133,23 @@ class Reconciler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def run_once(self) -> list[Any]:
-        """One pass: requeue stale, find lost; send after the commit. Returns the sent ids."""
-        ids = jobs.reconcile_jobs(
+    def run_once(self) -> list[jobs.QueuedJob]:
+        """One pass: requeue stale, find lost; send each to its own queue after the commit.
+
+        Every job is reconciled by whichever worker looks first, whatever queues that worker
+        consumes: the message goes to the queue stored on the job's row. Returns what was sent.
+        """
+        found = jobs.reconcile_jobs(
             self.session_factory,
             stale_after=self.stale_after,
             lost_after=self.lost_after,
             pending=self.pending() if self.pending is not None else frozenset(),
         )
-        for job_id in ids:
-            self.dispatcher.send(job_id)
-        if ids:
-            log.info("reconciler re-sent %d job(s)", len(ids))
-        return ids
+        for job in found:
+            self.dispatcher.send(job.id, job.queue)
+        if found:
+            log.info("reconciler re-sent %d job(s)", len(found))
+        return found
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="flipwatch-reconciler", daemon=True)
@@ -166,13 +170,15 @@ class Reconciler:
                 return
 
 
-def pending_job_ids(broker: Any, queue_name: str) -> set[uuid.UUID]:
-    """Job ids whose message still waits in Redis: queued, delayed (a retry's backoff) or fetched
-    and not yet acknowledged. The reconciler does not re-send those, so a short `lost_after`
-    re-sends only what Redis really lost (a restart, FLUSHALL, an eviction)."""
+def pending_job_ids(broker: Any, queues: Collection[str] = JOB_QUEUES) -> set[uuid.UUID]:
+    """Job ids whose message still waits in Redis on any of `queues` (default: every capability
+    queue, also those this worker does not consume): queued, delayed (a retry's backoff) or
+    fetched and not yet acknowledged. The reconciler does not re-send those, so a short
+    `lost_after` re-sends only what Redis really lost (a restart, FLUSHALL, an eviction)."""
     client = broker.client
     found: set[uuid.UUID] = set()
-    for name in (queue_name, f"{queue_name}.DQ"):
+    names = [name for queue in queues for name in (queue, f"{queue}.DQ")]
+    for name in names:
         for _, raw in client.hscan_iter(f"{broker.namespace}:{name}.msgs", count=500):
             try:
                 found.add(uuid.UUID(str(json.loads(raw)["args"][0])))
@@ -197,9 +203,11 @@ class WorkerProcess:
     lost_after: float | None = None
     heartbeat_interval: float | None = None
     calibration_suite: jobs.CalibrationSuite | None = None
+    queues: tuple[str, ...] | None = None  # default: settings.consumed_queues
 
     def __post_init__(self) -> None:
         s = self.settings
+        self.queues = tuple(self.queues) if self.queues else s.consumed_queues
         self.reconcile_interval = self.reconcile_interval or s.reconcile_interval_seconds
         self.stale_after = self.stale_after or s.job_stale_seconds
         self.lost_after = self.lost_after or s.job_lost_seconds
@@ -218,12 +226,15 @@ class WorkerProcess:
             metrics=self.metrics,
             heartbeat_interval=self.heartbeat_interval,
             calibration_suite=self.calibration_suite,
-            prefetcher=jobs.WindowPrefetcher() if self.settings.prefetch_windows else None,
+            prefetcher=(
+                jobs.WindowPrefetcher(self.queues) if self.settings.prefetch_windows else None
+            ),
         )
         self.runtime = runtime
-        declare_actors(self.broker, runtime)
+        queues = list(self.queues or JOB_QUEUES)
+        declare_actors(self.broker, runtime, queues)
         self.worker = dramatiq.Worker(
-            self.broker, queues={QUEUE_NAME}, worker_threads=self.settings.jobs_per_device
+            self.broker, queues=set(queues), worker_threads=self.settings.jobs_per_device
         )
         self.worker.start()
         dispatcher = RedisDispatcher(self.broker)
@@ -233,7 +244,7 @@ class WorkerProcess:
             interval=self.reconcile_interval,
             stale_after=self.stale_after,
             lost_after=self.lost_after,
-            pending=lambda: pending_job_ids(self.broker, QUEUE_NAME),
+            pending=lambda: pending_job_ids(self.broker),
         )
         self.reconciler.start()
         self.metrics_server: Any = None
@@ -242,9 +253,9 @@ class WorkerProcess:
                 self.metrics_port, registry=self.metrics.registry
             )
         log.info(
-            "worker %s consuming %r (namespace %r)%s",
+            "worker %s consuming %s (namespace %r)%s",
             runtime.worker_name,
-            QUEUE_NAME,
+            ", ".join(queues),
             self.namespace,
             f"; metrics on :{self.metrics_port}/metrics" if self.metrics_port else "",
         )
@@ -262,7 +273,12 @@ class WorkerProcess:
         self.engine.dispose()
 
 
-def run_worker(settings: Settings, *, metrics_port: int | None = DEFAULT_METRICS_PORT) -> int:
+def run_worker(
+    settings: Settings,
+    *,
+    metrics_port: int | None = DEFAULT_METRICS_PORT,
+    queues: tuple[str, ...] | None = None,
+) -> int:
     """`flipwatch worker`: run until SIGTERM or SIGINT, then shut down gracefully."""
     stop = threading.Event()
 
@@ -271,7 +287,7 @@ def run_worker(settings: Settings, *, metrics_port: int | None = DEFAULT_METRICS
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    process = WorkerProcess(settings, metrics_port=metrics_port)
+    process = WorkerProcess(settings, metrics_port=metrics_port, queues=queues)
     process.start()
     try:
         while not stop.wait(1.0):

@@ -25,6 +25,12 @@ def register(subparsers: Any) -> None:
     worker.add_argument(
         "--metrics-port", type=int, default=9191, help="Prometheus port (0: no metrics server)"
     )
+    worker.add_argument(
+        "--queues",
+        default=None,
+        help="queues to consume, comma-separated, from estimates.gpu, estimates.cpu, "
+        "calibrations (default: FLIPWATCH_WORKER_QUEUES, else all)",
+    )
     worker.add_argument("--log-level", default=None)
     worker.set_defaults(handler=run_worker_command)
 
@@ -41,9 +47,15 @@ def register(subparsers: Any) -> None:
 
 
 def run_worker_command(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from flipwatch.workers.main import run_worker
 
-    settings = Settings()
+    try:
+        settings = Settings(**({"worker_queues": args.queues} if args.queues else {}))
+    except ValidationError as exc:
+        print(f"flipwatch worker: {exc}", file=sys.stderr)
+        return 2
     configure_observability(settings, args.log_level)
     if settings.embedded:
         print(

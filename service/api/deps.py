@@ -25,7 +25,7 @@ from flipwatch.service.core.auth import (
 )
 from flipwatch.service.core.dispatch import JobDispatcher
 from flipwatch.service.core.settings import Settings
-from flipwatch.service.core.tables import ApiKey
+from flipwatch.service.core.tables import ApiKey, Job
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +38,22 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 class JobOutbox:
-    """Job ids created in this request, sent once the transaction has committed."""
+    """Jobs created in this request (id and queue), sent once the transaction has committed."""
 
     def __init__(self) -> None:
-        self.job_ids: list[uuid.UUID] = []
+        self.jobs: list[tuple[uuid.UUID, str]] = []
 
-    def add(self, *job_ids: uuid.UUID) -> None:
-        self.job_ids.extend(job_ids)
+    def add(self, *jobs: Job) -> None:
+        self.jobs.extend((job.id, job.queue) for job in jobs)
 
     def flush(self, dispatcher: JobDispatcher) -> None:
-        """Send every id; a failed send leaves the job queued for the reconciler to re-send."""
-        for job_id in self.job_ids:
+        """Send every job to its queue; a failed send leaves it queued for the reconciler."""
+        for job_id, queue in self.jobs:
             try:
-                dispatcher.send(job_id)
+                dispatcher.send(job_id, queue)
             except Exception:  # noqa: BLE001 - the row is committed; the reconciler re-sends
-                log.exception("could not dispatch job %s; it stays queued", job_id)
-        self.job_ids.clear()
+                log.exception("could not dispatch job %s to %s; it stays queued", job_id, queue)
+        self.jobs.clear()
 
 
 def get_outbox() -> JobOutbox:

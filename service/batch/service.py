@@ -357,7 +357,7 @@ def ingest_batch(
         stream.images_total += 1
         stream.window_fill += 1
         if stream.window_fill >= stream.window_size:
-            closed = close_window(session, stream, auto=True)
+            closed = close_window(session, stream, auto=True, settings=settings)
             if closed.job is not None:
                 jobs.append(closed.job)
             if closed.notice and closed.notice not in notices:

@@ -43,8 +43,30 @@ def make_engine(settings: Settings, *, url: str | None = None, **kwargs: Any) ->
         engine = create_engine(url, connect_args={"check_same_thread": False}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    connect_args = {"connect_timeout": settings.database_connect_timeout_seconds}
-    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
+    options: dict[str, Any] = {
+        "pool_pre_ping": True,
+        "connect_args": postgres_connect_args(settings),
+    }
+    if "poolclass" not in kwargs:  # a QueuePool, sized per process by the settings
+        options["pool_size"] = settings.database_pool_size
+        options["max_overflow"] = settings.database_max_overflow
+    options.update(kwargs)
+    return create_engine(url, **options)
+
+
+def postgres_connect_args(settings: Settings) -> dict[str, Any]:
+    """psycopg 3 arguments that keep a connection free of session state.
+
+    `prepare_threshold=None` turns off psycopg's automatic server-side prepared statements, which
+    live on one server connection: behind PgBouncer in transaction mode the next transaction may
+    run on another one ("prepared statement does not exist"). Nothing else in flipwatch keeps
+    session state (no session-level SET, advisory locks, LISTEN or temporary tables; row locks
+    and SKIP LOCKED last one transaction), so every process is safe behind a transaction pooler.
+    """
+    return {
+        "connect_timeout": settings.database_connect_timeout_seconds,
+        "prepare_threshold": None,
+    }
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -7,10 +7,12 @@ Built once by the entry point (`flipwatch/cli/`) and passed to `create_app`, the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from flipwatch.service.core.dispatch import JOB_QUEUES
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -88,6 +90,34 @@ class Settings(BaseSettings):
     )
     storage_threads: int = Field(
         default=16, ge=1, le=256, description="Concurrent object reads/writes of one window."
+    )
+
+    # Queues by capability (service/core/dispatch.py): estimates.gpu, estimates.cpu, calibrations.
+    worker_queues: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="Queues `flipwatch worker` consumes, comma-separated (e.g. "
+        "estimates.cpu,calibrations); unset: all of estimates.gpu, estimates.cpu, calibrations. "
+        "`flipwatch worker --queues` overrides it.",
+    )
+    estimate_device: Literal["gpu", "cpu"] = Field(
+        default="gpu",
+        description="Queue of a new estimate job, estimates.<device>, for models not named in "
+        "model_devices. Decided when the job is created and stored on it.",
+    )
+    model_devices: dict[str, Literal["gpu", "cpu"]] = Field(
+        default_factory=dict,
+        description='JSON object, model name -> "gpu" or "cpu": the estimate queue of that '
+        'model\'s jobs, e.g. {"mnist_cnn": "cpu"} keeps small models off the GPU hosts.',
+    )
+    database_pool_size: int = Field(
+        default=5,
+        ge=1,
+        le=200,
+        description="Postgres connections kept open per process (SQLAlchemy pool_size); size it "
+        "so replicas x (pool_size + max_overflow) fits PgBouncer's or Postgres's limit.",
+    )
+    database_max_overflow: int = Field(
+        default=5, ge=0, le=200, description="Extra connections a process may open under load."
     )
 
     # Ingest limits (per file, per batch, decompression-bomb guard).
@@ -265,6 +295,29 @@ class Settings(BaseSettings):
         'or link-local, e.g. ["10.20.0.0/16"]; by default only public addresses are allowed.',
     )
 
+    @field_validator("worker_queues", mode="before")
+    @classmethod
+    def _split_queues(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            import json
+
+            return json.loads(value)  # a JSON list works too
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("worker_queues")
+    @classmethod
+    def _queues_are_known(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        unknown = [queue for queue in value if queue not in JOB_QUEUES]
+        if unknown or not value:
+            raise ValueError(
+                f"unknown worker queue(s) {unknown or value}: choose from {', '.join(JOB_QUEUES)}"
+            )
+        return list(dict.fromkeys(value))
+
     @field_validator("webhook_allowed_networks")
     @classmethod
     def _networks_are_cidrs(cls, value: list[str]) -> list[str]:
@@ -338,6 +391,11 @@ class Settings(BaseSettings):
         if self.public_docs is not None:
             return self.public_docs
         return self.environment == "dev"
+
+    @property
+    def consumed_queues(self) -> tuple[str, ...]:
+        """The queues a `flipwatch worker` takes jobs from: worker_queues, or all of them."""
+        return tuple(self.worker_queues) if self.worker_queues else JOB_QUEUES
 
     @property
     def embedded(self) -> bool:

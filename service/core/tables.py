@@ -230,6 +230,9 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     worker: Mapped[str | None] = mapped_column(String(200))
+    # The capability queue (service/core/dispatch.py JOB_QUEUES) chosen when the job was created;
+    # every send and re-send of the job goes there.
+    queue: Mapped[str] = mapped_column(String(64), server_default="estimates.gpu")
     # X-Request-ID of the API call that created the job: its log lines carry it (one grep).
     request_id: Mapped[str | None] = mapped_column(String(128))
 

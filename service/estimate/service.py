@@ -20,6 +20,7 @@ from flipwatch.service.core.errors import (
     WindowTooSmall,
 )
 from flipwatch.service.core.pagination import Cursor
+from flipwatch.service.core.settings import Settings
 from flipwatch.service.core.tables import Estimate, Job, Model, Stream
 from flipwatch.service.job.service import active_estimate_job, create_estimate_job
 from flipwatch.service.model.service import get_model
@@ -64,7 +65,9 @@ def stored_result(estimate: Estimate) -> EstimateResult | None:
         return None
 
 
-def request_estimate(session: Session, stream_id: uuid.UUID) -> tuple[Job, Stream]:
+def request_estimate(
+    session: Session, stream_id: uuid.UUID, *, settings: Settings
+) -> tuple[Job, Stream]:
     """Queue an estimate over the stream's current window (on demand).
 
     The open window is taken (and closed early) when it holds at least MIN_WINDOW_IMAGES; otherwise
@@ -76,7 +79,7 @@ def request_estimate(session: Session, stream_id: uuid.UUID) -> tuple[Job, Strea
     if blocker is not None:
         raise CalibrationRequired(blocker, model_id=str(model.id))
     if stream.window_fill >= MIN_WINDOW_IMAGES:
-        closed = close_window(session, stream, auto=False)
+        closed = close_window(session, stream, auto=False, settings=settings)
         assert closed.job is not None
         session.flush()
         return closed.job, stream
@@ -84,7 +87,9 @@ def request_estimate(session: Session, stream_id: uuid.UUID) -> tuple[Job, Strea
     if previous >= 0:
         existing = active_estimate_job(session, stream_id=stream.id, window_index=previous)
         if existing is None:
-            job = create_estimate_job(session, stream=stream, window_index=previous)
+            job = create_estimate_job(
+                session, stream=stream, model=model, window_index=previous, settings=settings
+            )
             session.flush()
             return job, stream
         if stream.window_fill == 0:

@@ -52,6 +52,10 @@ class JobRead(BaseModel):
     id: uuid.UUID
     kind: Literal["estimate", "calibrate"]
     state: Literal["queued", "running", "succeeded", "failed"]
+    queue: str = Field(
+        description="The capability queue it was sent to: estimates.gpu, estimates.cpu or "
+        "calibrations (the workers consuming it run it)."
+    )
     attempts: int
     max_attempts: int
     progress: JobProgress
@@ -85,6 +89,7 @@ class JobRead(BaseModel):
             id=job.id,
             kind=job.kind,  # type: ignore[arg-type]
             state=job.state,  # type: ignore[arg-type]
+            queue=job.queue,
             attempts=job.attempts,
             max_attempts=job.max_attempts,
             progress=JobProgress(

@@ -12,18 +12,30 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from flipwatch.service.core.dispatch import CALIBRATIONS
 from flipwatch.service.core.errors import JobNotFound
 from flipwatch.service.core.logging import current_request_id
+from flipwatch.service.core.settings import Settings
 from flipwatch.service.core.tables import Calibration, Estimate, Job, Model, Stream
 
 DEFAULT_MAX_ATTEMPTS = 3
 
 
-def create_estimate_job(session: Session, *, stream: Stream, window_index: int) -> Job:
-    """Queue an estimate of one stream window; dispatch happens after the caller commits."""
+def estimate_queue(settings: Settings, model: Model) -> str:
+    """The queue of `model`'s estimate jobs: estimates.<device>, the device from
+    FLIPWATCH_MODEL_DEVICES by model name, else FLIPWATCH_ESTIMATE_DEVICE."""
+    return f"estimates.{settings.model_devices.get(model.name, settings.estimate_device)}"
+
+
+def create_estimate_job(
+    session: Session, *, stream: Stream, model: Model, window_index: int, settings: Settings
+) -> Job:
+    """Queue an estimate of one stream window on its model's queue; dispatch happens after the
+    caller commits."""
     return _add_queued_job(
         session,
         kind="estimate",
+        queue=estimate_queue(settings, model),
         model_id=stream.model_id,
         steps_total=stream.steps,
         stream_id=stream.id,
@@ -39,6 +51,7 @@ def create_calibration_job(
     return _add_queued_job(
         session,
         kind="calibrate",
+        queue=CALIBRATIONS,
         model_id=model.id,
         steps_total=variants,
         calibration_id=calibration.id,
@@ -52,12 +65,19 @@ def variant_count(families: int, severities: int) -> int:
 
 
 def _add_queued_job(
-    session: Session, *, kind: str, model_id: uuid.UUID, steps_total: int, **target: Any
+    session: Session,
+    *,
+    kind: str,
+    queue: str,
+    model_id: uuid.UUID,
+    steps_total: int,
+    **target: Any,
 ) -> Job:
     """A new job row, queued with no attempt made; `target` is its window or its calibration."""
     job = Job(
         id=uuid.uuid4(),
         kind=kind,
+        queue=queue,
         state="queued",
         model_id=model_id,
         attempts=0,

@@ -131,7 +131,9 @@ def list_streams(
     return keyset_page(session, select(Stream), Stream, limit=limit, cursor=cursor)
 
 
-def close_window(session: Session, stream: Stream, *, auto: bool) -> ClosedWindow:
+def close_window(
+    session: Session, stream: Stream, *, auto: bool, settings: Settings
+) -> ClosedWindow:
     """Close the open window; queue its estimate when the stream estimates automatically.
 
     A model that may not be estimated yet (no calibration) closes the window without a job and
@@ -142,11 +144,13 @@ def close_window(session: Session, stream: Stream, *, auto: bool) -> ClosedWindo
     stream.window_fill = 0
     if auto and not stream.auto_estimate:
         return ClosedWindow(index=index, job=None)
-    blocker = estimation_blocker(session, get_model(session, stream.model_id))
+    model = get_model(session, stream.model_id)
+    blocker = estimation_blocker(session, model)
     if blocker is not None:
         return ClosedWindow(
             index=index, job=None, notice=f"window {index} not estimated: {blocker}"
         )
-    return ClosedWindow(
-        index=index, job=create_estimate_job(session, stream=stream, window_index=index)
+    job = create_estimate_job(
+        session, stream=stream, model=model, window_index=index, settings=settings
     )
+    return ClosedWindow(index=index, job=job)

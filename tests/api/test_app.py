@@ -90,7 +90,7 @@ def test_embedded_sqlite_commits_before_dispatch(tmp_path):
     seen: list[str] = []
 
     class VisibilityCheckingDispatcher:
-        def send(self, job_id) -> None:
+        def send(self, job_id, queue) -> None:  # noqa: ANN001
             with factory() as other:
                 seen.append(other.get(Job, job_id).state)
 

@@ -160,7 +160,10 @@ def test_stopping_the_worker_requeues_its_running_job(
     demo_model: tuple[ModelSpec, Path],
     reference_archive: Path,
 ) -> None:
-    """SIGTERM mid-job (here WorkerProcess.stop): the job is queued again, attempt uncounted."""
+    """SIGTERM mid-job (here WorkerProcess.stop): the job is queued again, attempt uncounted, and
+    another worker (another host) consuming only its queue takes it; that worker's reconciler
+    re-sends it to the queue stored on the row (`calibrations`) if its message went with the
+    stopped worker."""
     settings = e2e_settings(tmp_path / "data", database_url=database_url, redis_url=REDIS_URL)
     worker = WorkerProcess(settings, metrics_port=None, namespace=redis_namespace)  # full suite
     server = build_server(settings, namespace=redis_namespace)
@@ -184,7 +187,28 @@ def test_stopping_the_worker_requeues_its_running_job(
         assert job.state == "queued"
         assert job.attempts == 0
         assert job.worker is None
+        assert job.queue == "calibrations"
         assert stopped_in < 35
+
+        other = WorkerProcess(
+            settings,
+            metrics_port=None,
+            namespace=redis_namespace,
+            queues=("calibrations",),
+            reconcile_interval=1.0,
+            lost_after=2.0,
+        )
+        other.start()
+        try:
+            with TestClient(server.app) as http:
+                client = admin_client(http, server)
+                deadline = time.monotonic() + 60
+                while (taken := client.get_job(job_id)).attempts == 0:
+                    assert time.monotonic() < deadline, "no other worker took the released job"
+                    time.sleep(0.2)
+        finally:
+            other.stop()
+        assert taken.attempts == 1 and taken.state in ("running", "queued", "succeeded")
     finally:
         server.close()
         truncate_all(engine)

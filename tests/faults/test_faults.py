@@ -257,17 +257,17 @@ def test_concurrent_uploads_on_one_stream_all_succeed_in_embedded_mode(
 
 def test_the_reconciler_sees_queued_and_delayed_messages_as_pending(redis_server) -> None:  # noqa: ANN001
     from flipwatch.service.core.settings import Settings
-    from flipwatch.workers.actors import QUEUE_NAME, run_job_message
+    from flipwatch.workers.actors import run_job_message
     from flipwatch.workers.broker import configure_broker
     from flipwatch.workers.main import pending_job_ids
 
     broker = configure_broker(Settings(redis_url=redis_server.url), namespace="pending-test")
     try:
         queued, delayed = uuid.uuid4(), uuid.uuid4()
-        broker.enqueue(run_job_message(queued))
-        broker.enqueue(run_job_message(delayed), delay=60_000)
-        assert pending_job_ids(broker, QUEUE_NAME) == {queued, delayed}
+        broker.enqueue(run_job_message(queued, "estimates.cpu"))
+        broker.enqueue(run_job_message(delayed, "calibrations"), delay=60_000)
+        assert pending_job_ids(broker) == {queued, delayed}
         redis_server.flushall()
-        assert pending_job_ids(broker, QUEUE_NAME) == set()
+        assert pending_job_ids(broker) == set()
     finally:
         broker.close()

@@ -832,7 +832,7 @@ class TestReaper:
         first = jobs.reconcile_jobs(session_factory, stale_after=120, lost_after=600)
         second = jobs.reconcile_jobs(session_factory, stale_after=120, lost_after=600)
 
-        assert sorted(first) == sorted([stale.id, lost.id])
+        assert sorted(first) == sorted([(stale.id, "estimates.gpu"), (lost.id, "estimates.gpu")])
         assert second == []
 
     def test_reconcile_does_not_resend_jobs_whose_message_redis_still_holds(
@@ -849,7 +849,7 @@ class TestReaper:
             session_factory, stale_after=30, lost_after=30, pending={waiting.id}
         )
 
-        assert sent == [lost.id]
+        assert sent == [(lost.id, "estimates.gpu")]
 
     def test_default_timers_bring_a_lost_job_back_within_a_minute(self) -> None:
         defaults = Settings()
@@ -872,7 +872,7 @@ class TestReaper:
             make_job(session, stream=stream, window_index=2, state="succeeded")
             session.commit()
 
-        ids = jobs.requeue_interrupted_jobs(session_factory)
+        ids = [job.id for job in jobs.requeue_interrupted_jobs(session_factory)]
 
         assert sorted(ids) == sorted([running.id, queued.id])
         assert load_job(session_factory, running.id).state == "queued"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -60,9 +61,14 @@ def decode_window(
 
 
 class WindowPrefetcher:
-    """One decoded window ahead, on one background thread."""
+    """One decoded window ahead, on one background thread.
 
-    def __init__(self) -> None:
+    `queues` limits it to estimate jobs on the queues this worker consumes (None: any), so a CPU
+    host does not decode windows that a GPU host will run.
+    """
+
+    def __init__(self, queues: Collection[str] | None = None) -> None:
+        self.queues = tuple(queues) if queues is not None else None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flipwatch-prefetch")
         self._lock = threading.Lock()
         self._slot: tuple[WindowKey, Future] | None = None
@@ -96,7 +102,7 @@ class WindowPrefetcher:
         """Start fetching and decoding the oldest queued estimate job's window other than
         `current`."""
         try:
-            found = _next_window(session_factory, current)
+            found = _next_window(session_factory, current, self.queues)
         except Exception:  # noqa: BLE001 - advisory: the job itself will decode
             log.warning("prefetch lookup failed", exc_info=True)
             return
@@ -122,17 +128,15 @@ def window_key(
 
 
 def _next_window(
-    session_factory: SessionFactory, current: uuid.UUID
+    session_factory: SessionFactory, current: uuid.UUID, queues: tuple[str, ...] | None
 ) -> tuple[WindowKey, list[tuple[str, str | None]], ModelSpec] | None:
     from flipwatch.workers.estimation.spec import ModelSpec
 
     with session_factory() as session:
-        job = session.execute(
-            select(Job)
-            .where(Job.kind == "estimate", Job.state == "queued", Job.id != current)
-            .order_by(Job.created_at)
-            .limit(1)
-        ).scalar_one_or_none()
+        query = select(Job).where(Job.kind == "estimate", Job.state == "queued", Job.id != current)
+        if queues is not None:
+            query = query.where(Job.queue.in_(queues))
+        job = session.execute(query.order_by(Job.created_at).limit(1)).scalar_one_or_none()
         if job is None or job.stream_id is None or job.window_index is None:
             return None
         model = session.get(Model, job.model_id)

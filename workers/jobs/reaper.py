@@ -12,6 +12,7 @@ import logging
 import uuid
 from collections.abc import Collection
 from datetime import timedelta
+from typing import NamedTuple
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -57,16 +58,27 @@ def requeue_stale_jobs(session: Session, *, older_than: float = STALE_AFTER_S) -
     return requeued
 
 
+class QueuedJob(NamedTuple):
+    """A job to (re-)send, and the queue stored on its row."""
+
+    id: uuid.UUID
+    queue: str
+
+
 def queued_job_ids(session: Session, *, older_than: float = 0.0) -> list[uuid.UUID]:
     """Queued jobs untouched for `older_than` s (oldest first): their message may be lost."""
+    return [job.id for job in queued_jobs(session, older_than=older_than)]
+
+
+def queued_jobs(session: Session, *, older_than: float = 0.0) -> list[QueuedJob]:
+    """`queued_job_ids` with each job's queue."""
     cutoff = utcnow() - timedelta(seconds=older_than)
-    return list(
-        session.scalars(
-            select(Job.id)
-            .where(Job.state == "queued", func.coalesce(Job.heartbeat_at, Job.created_at) <= cutoff)
-            .order_by(Job.created_at)
-        )
+    rows = session.execute(
+        select(Job.id, Job.queue)
+        .where(Job.state == "queued", func.coalesce(Job.heartbeat_at, Job.created_at) <= cutoff)
+        .order_by(Job.created_at)
     )
+    return [QueuedJob(row.id, row.queue) for row in rows]
 
 
 def reconcile_jobs(
@@ -75,8 +87,10 @@ def reconcile_jobs(
     stale_after: float = STALE_AFTER_S,
     lost_after: float = LOST_AFTER_S,
     pending: Collection[uuid.UUID] = frozenset(),
-) -> list[uuid.UUID]:
-    """Commit point `reconcile`: requeue stale jobs; mark lost queued ones; return ids to send.
+) -> list[QueuedJob]:
+    """Commit point `reconcile`: requeue stale jobs; mark lost queued ones; return what to send,
+    each job with the queue stored on its row (a GPU job found by a CPU worker goes back to
+    estimates.gpu).
 
     A queued job whose message still sits in a long queue looks lost too; re-sending it only adds
     a duplicate (a no-op when delivered). Marking heartbeat_at on the re-sent jobs limits that to
@@ -85,19 +99,25 @@ def reconcile_jobs(
     """
     with session_factory() as session:
         ids = requeue_stale_jobs(session, older_than=stale_after)
+        stale = [
+            QueuedJob(row.id, row.queue)
+            for row in session.execute(select(Job.id, Job.queue).where(Job.id.in_(ids)))
+        ]
         lost = [
-            i
-            for i in queued_job_ids(session, older_than=lost_after)
-            if i not in ids and i not in pending
+            job
+            for job in queued_jobs(session, older_than=lost_after)
+            if job.id not in ids and job.id not in pending
         ]
         if lost:
-            session.execute(update(Job).where(Job.id.in_(lost)).values(heartbeat_at=utcnow()))
+            session.execute(
+                update(Job).where(Job.id.in_([j.id for j in lost])).values(heartbeat_at=utcnow())
+            )
         session.commit()
-    return ids + lost
+    return sorted(stale, key=lambda job: ids.index(job.id)) + lost
 
 
-def requeue_interrupted_jobs(session_factory: SessionFactory) -> list[uuid.UUID]:
-    """Commit point `reconcile` (embedded start-up): running jobs back to queued; queued ids.
+def requeue_interrupted_jobs(session_factory: SessionFactory) -> list[QueuedJob]:
+    """Commit point `reconcile` (embedded start-up): running jobs back to queued; queued jobs.
 
     Only for a single-process deployment: there, a job still `running` at start-up was owned by
     this process before it stopped, so there is no one else to wait for.
@@ -110,7 +130,7 @@ def requeue_interrupted_jobs(session_factory: SessionFactory) -> list[uuid.UUID]
             job.error = f"attempt {job.attempts} interrupted by a restart; requeued"
             set_calibration_state(session, job, "queued")
         session.flush()
-        ids = queued_job_ids(session)
+        ids = queued_jobs(session)
         session.commit()
     if running:
         log.warning("requeued %d job(s) left running by the previous run", len(running))

@@ -87,7 +87,7 @@ async def create_batch(
         idempotency_key=idempotency_key,
         decode=pool.decode_all if (pool := request.app.state.decode_pool) else None,
     )
-    outbox.add(*(job.id for job in result.jobs))
+    outbox.add(*result.jobs)
     headers = {"Location": f"/v1/streams/{stream_id}"}
     if result.replayed:
         headers["Idempotent-Replayed"] = "true"

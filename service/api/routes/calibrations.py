@@ -61,7 +61,7 @@ def create_calibration(
         filename=archive.filename or "archive",
         options=options,
     )
-    outbox.add(job.id)
+    outbox.add(job)
     response.headers["Location"] = f"/v1/calibrations/{calibration.id}"
     return CalibrationRead.of(calibration)
 

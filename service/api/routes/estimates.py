@@ -12,6 +12,7 @@ from flipwatch.service.api.deps import (
     OutboxDep,
     ReadKey,
     SessionDep,
+    SettingsDep,
     StreamID,
 )
 from flipwatch.service.api.problems import problem_responses
@@ -32,13 +33,14 @@ router = APIRouter(tags=["estimates"])
 def create_estimate(
     response: Response,
     session: SessionDep,
+    settings: SettingsDep,
     outbox: OutboxDep,
     _key: IngestKey,
     stream_id: StreamID,
 ) -> JobRead:
     """Queue an estimate over the current window (closing it early); 409 under 64 images."""
-    job, _stream = estimates.request_estimate(session, stream_id)
-    outbox.add(job.id)
+    job, _stream = estimates.request_estimate(session, stream_id, settings=settings)
+    outbox.add(job)
     response.headers["Location"] = job_url(job.id)
     return JobRead.of(job)
 
