@@ -2,9 +2,12 @@
 
 The calibration is made by hand (known maps, a measured baseline reference), so these tests
 check estimate() alone; calibrate() has its own tests. Golden values were computed once with
-`python -m tests.estimation.test_estimate` (CPU, torch 2.14.1, 1 thread, seed 0) and are frozen
-here. Tolerance: 1e-5 absolute on every number (float32 kernels may differ in the last bits on
-another CPU; a flip caused by such a difference would move a signal by 5 per 1000, far outside it).
+`python -m tests.estimation.test_estimate` (CPU, torch 2.14.1, 1 thread, seed 0) on the plain
+fp32 loop and are frozen here: the fast path's CPU plan depends on the processor (bf16 where it is
+native), so its numbers are checked against the plain loop's elsewhere
+(tests/e2e/test_fast_path_agreement.py), not frozen.
+Tolerance: 1e-5 absolute on every number (float32 kernels may differ in the last bits on another
+CPU; a flip caused by such a difference would move a signal by 5 per 1000, far outside it).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from tests.tiny_models import blob_images, confident_tiny
 ATOL = 1e-5
 CPU = torch.device("cpu")
 CONFIG = EstimateConfig(steps=8, checkpoints=(0, 4, 8), probe_size=200, epsilon=1.0)
+PLAIN = EstimateConfig(steps=8, checkpoints=(0, 4, 8), probe_size=200, epsilon=1.0, fast=False)
 SPEC = ModelSpec(
     name="tiny",
     format="entrypoint",
@@ -113,7 +117,7 @@ def model() -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def result(model: torch.nn.Module) -> EstimateResult:
     return estimate(
-        model, window(), spec=SPEC, calibration=make_calibration(model), config=CONFIG, device=CPU
+        model, window(), spec=SPEC, calibration=make_calibration(model), config=PLAIN, device=CPU
     )
 
 
@@ -168,8 +172,8 @@ class TestEstimate:
         short = estimate(model, window(), spec=SPEC, calibration=calibration, config=config)
 
         assert (short.signal, short.calibration_mae) == ("uf@4", 0.05)
-        assert short.signal_value == short.signals["uf"][4] == 0.0
-        assert short.estimated_accuracy == SHORT.map(0.0) == 0.9
+        assert short.signal_value == short.signals["uf"][4]
+        assert short.estimated_accuracy == SHORT.map(short.signal_value)
         assert short.warnings == [
             "probe of 80 images: below 100 the estimate degrades clearly (spec §10.1)",
             "probe size 80 differs from the calibration's 200; flips were rescaled to a "
@@ -196,6 +200,6 @@ if __name__ == "__main__":  # prints the golden values (CPU, 1 thread)
     torch.set_num_threads(1)
     tiny = confident_tiny()
     out = estimate(
-        tiny, window(), spec=SPEC, calibration=make_calibration(tiny), config=CONFIG, device=CPU
+        tiny, window(), spec=SPEC, calibration=make_calibration(tiny), config=PLAIN, device=CPU
     )
     pprint.pprint(numbers(out), width=100)

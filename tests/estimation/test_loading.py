@@ -63,7 +63,10 @@ class TestFormats:
         path = tmp_path / "tiny.ts"
         torch.jit.script(eager).save(str(path))
         scripted = load_model(_spec(format="torchscript", weights=str(path)))
-        config = EstimateConfig(steps=10, checkpoints=(0, 10), probe_size=200, epsilon=1.0)
+        # both on the plain loop (TorchScript has no fast path), so only the format differs
+        config = EstimateConfig(
+            steps=10, checkpoints=(0, 10), probe_size=200, epsilon=1.0, fast=False
+        )
         device = torch.device("cpu")
         a = run_trajectory(eager, tiny_images, spec=tiny_spec, config=config, device=device)
         b = run_trajectory(scripted, tiny_images, spec=tiny_spec, config=config, device=device)
