@@ -192,9 +192,9 @@ def test_calibrate_writes_a_calibration_that_estimate_reads(
     )
     summary = json.loads(capsys.readouterr().out)
     assert code == 0
-    # clean + 2 families × 5 severities (no mixes by default), 3 clean class mixes, 2 skewed
-    # shifted variants, 3 subsampled ones for the small-window spread
-    assert summary["variants"] == 1 + 2 * 5 + 3 + 2 + 3
+    # clean + 2 families × 5 severities, a half-corrupted mix per family (--mixes), 3 clean
+    # class mixes, 2 skewed shifted variants, 3 subsampled ones for the small-window spread
+    assert summary["variants"] == 1 + 2 * 5 + 2 + 3 + 2 + 3
     calibration = Calibration.from_dict(json.loads(out.read_text()))
     assert calibration.selected == summary["selected"]
     assert {f.key for f in calibration.fits} >= {"wf_source@0", "wf@4", "uf_source@4"}

@@ -151,11 +151,17 @@ class WindowExtras:
 
 
 def calibration_tasks(
-    families: Sequence[str] | None, severities: Sequence[int], *, seed: int, mixes: bool = True
+    families: Sequence[str] | None,
+    severities: Sequence[int],
+    *,
+    seed: int,
+    mixes: bool = DEFAULT_MIXES,
+    class_mixes: bool = True,
 ) -> list[VariantTask]:
-    """Corruption variants, skewed class mixes (clean in each kind, and each family at its middle
-    severity in a kind by turn) and a few subsampled variants for the small-window spread."""
-    variants = calibration_variants(families, severities)
+    """Corruption variants (with `mixes`, a half-corrupted one per family), skewed class mixes
+    (with `class_mixes`: clean in each kind, and each family at its middle severity in a kind by
+    turn) and a few subsampled variants for the small-window spread."""
+    variants = calibration_variants(families, severities, mixes=mixes)
     tasks = [
         VariantTask(family, severity, mixed, seed=seed + index)
         for index, (family, severity, mixed) in enumerate(variants)
@@ -163,7 +169,7 @@ def calibration_tasks(
     shifted = [f for f, _, mixed in variants if f != CLEAN and not mixed]
     fams = list(dict.fromkeys(shifted))
     middle = sorted(severities)[len(severities) // 2]
-    if mixes:
+    if class_mixes:
         skewed = [k for k in MIX_KINDS if k != "balanced"]
         tasks += [
             VariantTask(CLEAN, 0, False, seed=seed + 10_000 + i, subset=kind)
@@ -394,6 +400,7 @@ def calibrate(
     processes: int = 1,
     settings: Sequence[TrajectorySetting] = DEFAULT_SETTINGS,
     mixes: bool = DEFAULT_MIXES,
+    class_mixes: bool = True,
     cache: Path | None = None,
 ) -> Calibration:
     """Fit this model's calibration from a labeled reference set, uint8 (N, C, H, W) + (N,) labels.
@@ -403,7 +410,9 @@ def calibrate(
     (offline-data.md). `processes` > 1 measures variants in that many single-threaded CPU
     processes; the points are identical to a sequential run. On CUDA the fast path groups
     variants (`measure_variants`). `settings` are the extra trajectory
-    settings measured beside the default; `cache` (a folder) keeps measured points between runs.
+    settings measured beside the default; `mixes` adds a half-corrupted variant per family,
+    `class_mixes` (on by default) the skewed class-mix variants that keep a different class mix
+    from reading as model failure; `cache` (a folder) keeps measured points between runs.
     """
     device = resolve_device(device)
     if len(images) != len(labels):
@@ -423,7 +432,9 @@ def calibrate(
         spec=spec,
         config=config,
         device=device,
-        tasks=calibration_tasks(families, severities, seed=config.seed, mixes=mixes),
+        tasks=calibration_tasks(
+            families, severities, seed=config.seed, mixes=mixes, class_mixes=class_mixes
+        ),
         settings=settings,
         reference=baseline_reference,
         window_reference=data.window_reference(),
