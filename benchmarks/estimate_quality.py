@@ -189,6 +189,68 @@ def true_accuracy(
     return float((truth.labels == labels).double().mean())
 
 
+@dataclass(frozen=True)
+class _Context:
+    """What every held-out measurement shares (sent once to each worker process)."""
+
+    model: nn.Module
+    spec: ModelSpec
+    calibration: Calibration
+    before: Calibration  # the same calibration with the pre-issue-9 estimator
+    config: EstimateConfig
+    device: torch.device
+
+
+_context: _Context | None = None
+
+
+def _start(context: _Context) -> None:
+    global _context
+    torch.set_num_threads(1)
+    _context = context
+
+
+def _measure_heldout(held: HeldOut) -> tuple[dict[str, float], EstimateResult]:
+    c = _context
+    assert c is not None
+    values = measure_set(
+        c.model, c.spec, c.calibration, c.config, c.device, held.images, held.labels
+    )
+    result = estimate(
+        c.model,
+        held.images,
+        spec=c.spec,
+        calibration=c.calibration,
+        config=c.config,
+        device=c.device,
+    )
+    return values, result
+
+
+def _measure_mix(
+    window: tuple[Tensor, Tensor],
+) -> tuple[float, EstimateResult, EstimateResult]:
+    c = _context
+    assert c is not None
+    images, labels = window
+    truth = true_accuracy(c.model, c.spec, images, labels, c.device)
+    kwargs = dict(spec=c.spec, config=c.config, device=c.device)
+    after = estimate(c.model, images, calibration=c.calibration, **kwargs)  # type: ignore[arg-type]
+    old = estimate(c.model, images, calibration=c.before, **kwargs)  # type: ignore[arg-type]
+    return truth, after, old
+
+
+def in_processes(context: _Context, fn: Callable, items: list, processes: int) -> list:
+    """`fn` over `items` in `processes` single-threaded spawned processes (in order)."""
+    if processes <= 1 or context.device.type != "cpu":
+        _start(context)
+        return [fn(item) for item in items]
+    import torch.multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(processes, initializer=_start, initargs=(context,)) as pool:
+        return pool.map(fn, items, chunksize=1)
+
+
 # --- estimators compared ------------------------------------------------------------------------
 
 
@@ -278,7 +340,8 @@ def run_model(key: str, args: argparse.Namespace, device: torch.device) -> dict[
     splits = demo_splits(0)
     config = EstimateConfig(steps=args.steps)
     weights = hashlib.sha256(Path(spec.weights or "").read_bytes()).hexdigest()[:12]
-    suite = "all" if not args.families else hashlib.sha256(args.families.encode()).hexdigest()[:8]
+    suite_key = f"{args.families or 'all'}/{args.severities or 'default'}"
+    suite = hashlib.sha256(suite_key.encode()).hexdigest()[:8]
     points_cache = (
         args.points_cache / f"{key}-{weights}-s{args.steps}-{suite}" if args.points_cache else None
     )
@@ -293,6 +356,7 @@ def run_model(key: str, args: argparse.Namespace, device: torch.device) -> dict[
         device=device,
         processes=args.processes,
         families=args.families.split(",") if args.families else None,
+        **({"severities": tuple(args.severities)} if args.severities else {}),
         cache=points_cache,
         log=lambda line: log(f"[{key}]   {line}"),
     )
@@ -304,15 +368,20 @@ def run_model(key: str, args: argparse.Namespace, device: torch.device) -> dict[
     log(f"[{key}] nested single-signal rows done")
 
     # held-out sets: every feature under every setting, and the real estimate()
+    before = old_estimator(calibration)
+    context = _Context(
+        model.cpu() if device.type == "cpu" else model,
+        spec,
+        calibration,
+        replace(calibration, estimator=before),
+        config,
+        device,
+    )
+    sets = held_out_sets()
+    measured = in_processes(context, _measure_heldout, sets, args.processes)
     heldout: list[dict[str, object]] = []
-    features_by_set: list[dict[str, float]] = []
-    for held in held_out_sets():
-        values = measure_set(model, spec, calibration, config, device, held.images, held.labels)
-        result = estimate(
-            model, held.images, spec=spec, calibration=calibration, config=config, device=device
-        )
+    for held, (values, result) in zip(sets, measured, strict=True):
         truth = values["_accuracy"]
-        features_by_set.append(values)
         heldout.append(
             {
                 "set": held.name,
@@ -392,21 +461,17 @@ def run_model(key: str, args: argparse.Namespace, device: torch.device) -> dict[
     }
 
     # class mix on clean held-out images
-    before = old_estimator(calibration)
-    before_calibration = replace(calibration, estimator=before)
     held = splits.heldout
     prior = calibration.window_reference().prior.numpy()  # type: ignore[union-attr]
-    mixes = []
+    windows = []
     for index, kind in enumerate(MIX_WINDOWS):
         idx = subset_indices(held.labels, kind, num_classes=spec.num_classes, seed=100 + index)
-        images, labels = held.images[idx], held.labels[idx]
-        truth = true_accuracy(model, spec, images, labels, device)
-        after: EstimateResult = estimate(
-            model, images, spec=spec, calibration=calibration, config=config, device=device
-        )
-        old: EstimateResult = estimate(
-            model, images, spec=spec, calibration=before_calibration, config=config, device=device
-        )
+        windows.append((held.images[idx], held.labels[idx]))
+    mix_results = in_processes(context, _measure_mix, windows, args.processes)
+    mixes = []
+    for kind, (images, labels), (truth, after, old) in zip(
+        MIX_WINDOWS, windows, mix_results, strict=True
+    ):
         true_q = np.bincount(labels.numpy(), minlength=spec.num_classes) / len(labels)
         mixes.append(
             {
@@ -458,6 +523,7 @@ def run_model(key: str, args: argparse.Namespace, device: torch.device) -> dict[
         "architecture": MODELS[key],
         "spec_name": spec.name,
         "steps": args.steps,
+        "suite": {"families": args.families or "all", "severities": args.severities or "default"},
         "probe_size": calibration.probe_size,
         "calibration_variants": len(calibration.points),
         "families": sorted({p.family for p in calibration.points}),
@@ -538,6 +604,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument(
         "--families", help="comma-separated corruption families (default: all, the default suite)"
+    )
+    parser.add_argument(
+        "--severities",
+        type=lambda v: [int(x) for x in v.split(",")],
+        help="comma-separated severities (default: the default suite's 2,4)",
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
     args = parser.parse_args(argv)
