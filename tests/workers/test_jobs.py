@@ -628,7 +628,9 @@ def test_calibrate_job_stores_a_calibration_that_estimates_use(
     assert outcome is jobs.JobOutcome.SUCCEEDED
     finished = load_job(session_factory, job_id)
     assert finished.state == "succeeded"
-    assert finished.steps_done == finished.steps_total == 4  # clean, noise 2 and 4, a mix
+    # (clean, noise 2 and 4, its half mix, 3 clean class mixes and noise in one, 2 subsampled
+    # spread variants) × 3 trajectory settings, counted in trajectories
+    assert finished.steps_done == finished.steps_total == 10 * 3
     with session_factory() as session:
         stored = session.get(Calibration, calibration_id)
         assert stored is not None
