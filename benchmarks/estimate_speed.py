@@ -20,7 +20,7 @@ says so (`method`). ResNet-50 on CPU needs the composed form (~10 s per plain st
 
     python benchmarks/estimate_speed.py [--device cpu|cuda]
         [--model resnet50|efficientnet_lite0|demo] [--steps 250,1000]
-        [--measure-steps 4] [--rounds 2] [--threads N] [--end-to-end]
+        [--measure-steps 4] [--rounds 2] [--threads N] [--end-to-end] [--tune]
 """
 
 from __future__ import annotations
@@ -272,6 +272,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating plain/fast rounds")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
     parser.add_argument("--end-to-end", action="store_true", help="time whole estimates too")
+    parser.add_argument(
+        "--tune",
+        action="store_true",
+        help="time the CPU plan candidates and use the fastest (default: the production plan, "
+        "a fixed rule per device)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -290,7 +296,7 @@ def main() -> None:
     probe = images
 
     tune_started = time.perf_counter()
-    plan = fastpath.choose_plan(model, spec, device, batch_size=BATCH, tune=True)
+    plan = fastpath.choose_plan(model, spec, device, batch_size=BATCH, tune=args.tune)
     tune_seconds = time.perf_counter() - tune_started
     heavy = sum(p.numel() for p in model.parameters()) > 2_000_000
     measure_steps = args.measure_steps or (2 if heavy and device.type == "cpu" else 20)

@@ -5,7 +5,11 @@ import pytest
 import torch
 
 from flipwatch.workers.estimation import EstimateConfig, calibrate
-from flipwatch.workers.estimation.calibration import fit_points, leave_one_group_out_mae
+from flipwatch.workers.estimation.calibration import (
+    calibration_tasks,
+    fit_points,
+    leave_one_group_out_mae,
+)
 from flipwatch.workers.estimation.variants import CalibrationPoint, calibration_variants
 
 
@@ -119,6 +123,72 @@ def test_default_suite_is_every_family_at_severities_two_and_four_without_mixes(
     assert not any(mixed for _, _, mixed in variants)
 
 
+def _task_keys(tasks: list) -> list[tuple[str, int, bool, str | None]]:
+    return [(t.family, t.severity, t.mixed, t.subset) for t in tasks]
+
+
+def test_default_tasks_hold_the_skewed_class_mixes_and_mixes_adds_a_half_corrupted_variant():
+    # Regression: after the speed/quality merge `mixes` (the half-corrupted variant per family,
+    # off by default) also switched the class-mix variants off, so no default calibration
+    # measured a skewed class mix and `--mixes` added class mixes instead of half mixes.
+    corruption = [
+        ("clean", 0, False, None),
+        ("contrast", 2, False, None),
+        ("contrast", 4, False, None),
+        ("fog", 2, False, None),
+        ("fog", 4, False, None),
+    ]
+    class_mix = [
+        ("clean", 0, False, "three"),
+        ("clean", 0, False, "dominant"),
+        ("clean", 0, False, "longtail"),
+        ("contrast", 4, False, "three"),
+        ("fog", 4, False, "dominant"),
+    ]
+    spread = [
+        ("clean", 0, False, "balanced:128"),
+        ("contrast", 4, False, "balanced:128"),
+        ("fog", 4, False, "balanced:128"),
+    ]
+    families = ["contrast", "fog"]
+    assert _task_keys(calibration_tasks(families, (2, 4), seed=0)) == (
+        corruption + class_mix + spread
+    )
+    half = [
+        ("clean", 0, False, None),
+        ("contrast", 2, False, None),
+        ("contrast", 4, False, None),
+        ("contrast", 4, True, None),
+        ("fog", 2, False, None),
+        ("fog", 4, False, None),
+        ("fog", 4, True, None),
+    ]
+    assert _task_keys(calibration_tasks(families, (2, 4), seed=0, mixes=True)) == (
+        half + class_mix + spread
+    )
+    assert _task_keys(calibration_tasks(families, (2, 4), seed=0, class_mixes=False)) == (
+        corruption + spread
+    )
+
+
+def test_a_default_calibration_measures_the_skewed_class_mixes(tiny_model, tiny_spec, tiny_images):
+    labels = torch.arange(len(tiny_images)) % 10
+    calibration = calibrate(
+        tiny_model, tiny_images, labels, spec=tiny_spec, config=CONFIG, families=["contrast"]
+    )
+    assert [(p.family, p.severity, p.mixed, p.subset) for p in calibration.points] == [
+        ("clean", 0, False, None),
+        ("contrast", 2, False, None),
+        ("contrast", 4, False, None),
+        ("clean", 0, False, "three"),
+        ("clean", 0, False, "dominant"),
+        ("clean", 0, False, "longtail"),
+        ("contrast", 4, False, "three"),
+        ("clean", 0, False, "balanced:128"),
+        ("contrast", 4, False, "balanced:128"),
+    ]
+
+
 @pytest.mark.slow
 def test_parallel_processes_measure_exactly_what_a_sequential_run_does(
     tiny_model, tiny_spec, tiny_images
@@ -137,6 +207,8 @@ def test_parallel_processes_measure_exactly_what_a_sequential_run_does(
     finally:
         torch.set_num_threads(threads)
     parallel = calibrate(tiny_model, tiny_images, labels, processes=2, **kwargs)
-    assert len(parallel.points) == 1 + 2 * 2 + 3 + 2 + 3  # + class mixes and spread subsets
+    # clean, 2 families at severity 2 and their half mixes, 3 clean class mixes, 2 skewed
+    # shifted variants, 3 subsampled ones for the small-window spread
+    assert len(parallel.points) == 1 + 2 * 2 + 3 + 2 + 3
     assert parallel.points == sequential.points
     assert parallel.selected == sequential.selected

@@ -363,10 +363,15 @@ class _Selector:
         return self.maps.predictions(excluded)[rows, j]
 
 
-def select(table: FeatureTable, *, allowed: Callable[[str], bool] | None = None) -> Selection:
-    """Every candidate's leave-one-family-out MAE on all points, and the best one, fitted."""
+def select(
+    table: FeatureTable, *, allowed: Callable[[str], bool] | None = None, stacks: bool = True
+) -> Selection:
+    """Every candidate's leave-one-family-out MAE on all points, and the best one, fitted.
+
+    `stacks=False` leaves the stacked candidate out (the quality benchmark's single-signal rows).
+    """
     selector = _Selector(table, allowed)
-    errors = selector.candidate_errors(frozenset())
+    errors = selector.candidate_errors(frozenset(), stack=stacks)
     chosen = selector.choose(errors)
     return Selection(selector.fit(chosen, frozenset()), errors, chosen)
 
@@ -391,12 +396,14 @@ def nested_selection(
     level: float = 0.9,
     on_fold: Callable[[str, frozenset[int]], None] | None = None,
     groups: Iterable[int] | None = None,
+    stacks: bool = True,
 ) -> NestedResult:
     """Hold out each family in turn, select on the rest (`select`'s whole procedure), predict it.
 
     `on_fold(name, excluded)` is called before each outer fold's selection: a test hooks it to
     prove that no choice looks at the held-out family. Coverage: each family's points are
     checked against the conformal half-width of the *other* families' outer residuals.
+    `stacks=False` selects among the raw and single-feature candidates only.
     """
     selector = _Selector(table, allowed)
     t = table
@@ -407,7 +414,7 @@ def nested_selection(
         excluded = frozenset({int(g)})
         if on_fold is not None:
             on_fold(t.group_names[g], excluded)
-        name = selector.choose(selector.candidate_errors(excluded))
+        name = selector.choose(selector.candidate_errors(excluded, stack=stacks))
         chosen[t.group_names[g]] = name
         rows = np.flatnonzero(t.groups == g)
         predictions[rows] = selector.predict(name, excluded, rows)
