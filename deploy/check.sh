@@ -120,7 +120,8 @@ if need docker-compose docker-compose; then
       -f docker-compose.cpu.yml config -q
   # The worker-host file (no database or broker of its own: both URLs are required).
   { sample_env; echo "FLIPWATCH_DATABASE_URL=postgresql://flipwatch:sample@db.internal:5432/flipwatch"
-    echo "FLIPWATCH_REDIS_URL=redis://redis.internal:6379/0"; } > "$scratch/worker.env"
+    echo "FLIPWATCH_REDIS_URL=redis://redis.internal:6379/0"
+    echo "FLIPWATCH_STORAGE_ENDPOINT_URL=http://main.internal:9000"; } > "$scratch/worker.env"
   check "docker-compose -f docker-compose.worker.yml config -q" \
     docker-compose --env-file "$scratch/worker.env" -f docker-compose.worker.yml config -q
   check "docker-compose.worker.yml refuses to start without FLIPWATCH_DATABASE_URL" sh -c '

@@ -3,7 +3,7 @@ latest estimate), job_counts (jobs per stream, model and state, kept by triggers
 partial index over labeled estimates; both tables backfilled
 
 Revision ID: 7b4d2e9c1a60
-Revises: e00b9878da1b
+Revises: 7b3d9e1f4a60
 Create Date: 2026-12-01 03:00:00
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "7b4d2e9c1a60"
-down_revision: str | Sequence[str] | None = "e00b9878da1b"
+down_revision: str | Sequence[str] | None = "7b3d9e1f4a60"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

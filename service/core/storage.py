@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -226,20 +227,7 @@ class LocalStore:
         return self.root / check_key(key)
 
     def put(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        self._tmp.mkdir(parents=True, exist_ok=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix=f"{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _copy_into_temp(io.BytesIO(data), self._tmp, self._path(key))
 
     def put_file(self, key: str, source: Path | IO[bytes]) -> None:
         _copy_into_temp(source, self._tmp, self._path(key))

@@ -50,6 +50,20 @@ def test_sqlite_upgrade_check_downgrade_upgrade(tmp_path):
     round_trip(f"sqlite:///{tmp_path / 'flipwatch.db'}")
 
 
+def test_sqlite_head_keeps_the_job_count_triggers(tmp_path):
+    """A later migration that rebuilds `jobs` on SQLite (batch mode copies the table) would drop
+    the triggers that keep `job_counts`, and /metrics would count jobs wrong from then on."""
+    url = f"sqlite:///{tmp_path / 'flipwatch.db'}"
+    command.upgrade(alembic_config(url), "head")
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        triggers = connection.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'jobs'"
+        ).scalars()
+        assert sorted(triggers) == ["jobs_count_delete", "jobs_count_insert", "jobs_count_update"]
+    engine.dispose()
+
+
 def test_migrate_command_uses_settings(tmp_path, monkeypatch):
     monkeypatch.delenv("FLIPWATCH_DATABASE_URL", raising=False)
     monkeypatch.setenv("FLIPWATCH_DATA_DIR", str(tmp_path / "data"))

@@ -1,7 +1,7 @@
 """job queue: the capability queue (estimates.gpu, estimates.cpu, calibrations) of each job
 
 Revision ID: 7b3d9e1f4a60
-Revises: 7b4d2e9c1a60
+Revises: e00b9878da1b
 Create Date: 2026-12-01 03:00:00
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 
 
 revision: str = "7b3d9e1f4a60"
-down_revision: str | Sequence[str] | None = "7b4d2e9c1a60"
+down_revision: str | Sequence[str] | None = "e00b9878da1b"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
