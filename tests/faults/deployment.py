@@ -200,7 +200,11 @@ class Deployment:
 
     def wait_jobs_done(self, http: httpx.Client, job_ids: list[str], *, timeout: float) -> None:
         def done() -> bool:
-            states = [http.get(f"/v1/jobs/{j}").json()["state"] for j in job_ids]
+            answers = [http.get(f"/v1/jobs/{j}") for j in job_ids]
+            if any(a.status_code == 503 for a in answers):
+                return False  # the API's pool is still reconnecting after an outage: ask again
+            assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+            states = [a.json()["state"] for a in answers]
             assert "failed" not in states, f"a job failed\n{self.logs()}"
             return all(s == "succeeded" for s in states)
 
