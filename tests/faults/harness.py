@@ -138,8 +138,9 @@ def postgres_bin_dir() -> Path | None:
 
 @dataclass
 class PostgresCluster:
-    """A private cluster (initdb + pg_ctl) on a free port, trust auth, fsync off; the test stops
-    and starts it. As root, the server runs as the `postgres` user (it refuses to run as root)."""
+    """A private cluster (initdb + pg_ctl) on a free port, trust auth, fsync off (commits still
+    synchronous); the test stops and starts it. As root, the server runs as the `postgres` user
+    (it refuses to run as root)."""
 
     root: Path
     bin_dir: Path
@@ -166,9 +167,12 @@ class PostgresCluster:
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
 
     def start(self) -> None:
+        # fsync off is safe for a server crash (WAL still reaches the kernel at each commit);
+        # synchronous_commit must stay on: off, an `immediate` stop loses the last commits, and
+        # the tests would see acknowledged rows vanish that production Postgres keeps.
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off "
-            f"-c synchronous_commit=off -c full_page_writes=off -k {self.root}"
+            f"-c full_page_writes=off -k {self.root}"
         )
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-w", "-t", "30", "start",
                   "-l", str(self.root / "server.log"))  # fmt: skip
