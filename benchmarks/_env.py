@@ -1,4 +1,7 @@
-"""Hardware and version facts every benchmark prints beside its figures."""
+"""Hardware and version facts every benchmark prints beside its figures.
+
+torch is imported only by the functions that need it, so torch-free benchmarks (the API's
+`metrics_scrape.py`) share `cpu_name` without paying for it."""
 
 from __future__ import annotations
 
@@ -6,16 +9,20 @@ import os
 import platform
 import resource
 import sys
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def environment(device: torch.device | None = None) -> dict[str, object]:
+    import torch
+
     info: dict[str, object] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda_available": torch.cuda.is_available(),
@@ -31,7 +38,7 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -45,6 +52,8 @@ def _cpu_name() -> str:
 def reset_peak_memory(device: torch.device) -> None:
     """Start a new peak: CUDA's allocator statistics, or Linux's VmHWM (clear_refs 5)."""
     if device.type == "cuda":
+        import torch
+
         torch.cuda.reset_peak_memory_stats(device)
         return
     try:
@@ -58,6 +67,8 @@ def peak_memory_bytes(device: torch.device) -> int:
     """Peak since the last `reset_peak_memory`: CUDA allocated bytes, or the process's VmHWM
     (resident set high-water mark; ru_maxrss where /proc is missing, which never resets)."""
     if device.type == "cuda":
+        import torch
+
         return torch.cuda.max_memory_allocated(device)
     try:
         with open("/proc/self/status") as f:

@@ -50,6 +50,7 @@ import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._env import cpu_name  # noqa: E402
 from flipwatch.cli.startup import free_port  # noqa: E402
 from flipwatch.service.core.db import upgrade_database  # noqa: E402
 from flipwatch.service.core.logging import configure_logging  # noqa: E402
@@ -510,17 +511,6 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
     }
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -96,20 +96,6 @@ class TestCalibrate:
             )
 
 
-def test_variants_are_clean_plus_each_family_by_severity_plus_a_mix_on_request():
-    variants = calibration_variants(["contrast", "fog"], (1, 3), mixes=True)
-    assert variants == [
-        ("clean", 0, False),
-        ("contrast", 1, False),
-        ("contrast", 3, False),
-        ("contrast", 3, True),
-        ("fog", 1, False),
-        ("fog", 3, False),
-        ("fog", 3, True),
-    ]
-    assert len(calibration_variants(severities=(1, 2, 3, 4, 5), mixes=True)) == 1 + 17 * 6
-
-
 def test_a_suite_too_small_to_score_is_refused_naming_the_fix():
     with pytest.raises(ValueError, match="2 variants cannot be scored: ask for two severities"):
         calibration_variants(["contrast"], (3,))
