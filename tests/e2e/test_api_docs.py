@@ -4,13 +4,9 @@ API's own address is unresolvable, so a page that needs a CDN stays blank (the c
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import uvicorn
@@ -21,8 +17,7 @@ from flipwatch.cli.startup import free_port
 from flipwatch.service.core.db import make_sessionmaker
 from flipwatch.service.core.settings import Settings
 from flipwatch.service.main import create_app
-
-CHROMIUM = Path("/usr/bin/chromium")
+from tests.e2e.chromium import CHROMIUM, dump_dom
 
 pytestmark = [
     pytest.mark.e2e,
@@ -72,35 +67,16 @@ def cdn_docs_url() -> Iterator[str]:
 
 def dump_dom_offline(url: str) -> str:
     """The DOM after scripts ran, with every host name except 127.0.0.1 unresolvable."""
-    profile = tempfile.mkdtemp(prefix="flipwatch-chromium-")
-    try:
-        result = subprocess.run(
-            [
-                str(CHROMIUM),
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-                "--proxy-server=http://127.0.0.1:9",  # nothing listens: any proxied fetch fails
-                "--proxy-bypass-list=127.0.0.1",
-                f"--user-data-dir={profile}",
-                "--virtual-time-budget=8000",
-                "--dump-dom",
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
+    return dump_dom(
+        url,
+        budget_ms=8000,
+        timeout=120,
+        extra=(
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            "--proxy-server=http://127.0.0.1:9",  # nothing listens: any proxied fetch fails
+            "--proxy-bypass-list=127.0.0.1",
+        ),
+    )
 
 
 def test_swagger_ui_renders_every_operation_offline(api_url: str):

@@ -6,15 +6,11 @@ from __future__ import annotations
 
 import itertools
 import re
-import shutil
 import socket
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 import uvicorn
@@ -26,6 +22,7 @@ from flipwatch.service.core.settings import Settings
 from flipwatch.service.core.tables import Estimate
 from flipwatch.service.main import create_app
 from tests.conftest import truncate_all
+from tests.e2e.chromium import CHROMIUM, dump_dom
 from tests.factories import (
     estimate_result,
     make_alert_rule,
@@ -34,8 +31,6 @@ from tests.factories import (
     make_model,
     make_stream,
 )
-
-CHROMIUM = Path("/usr/bin/chromium")
 
 pytestmark = [
     pytest.mark.e2e,
@@ -143,36 +138,6 @@ def server_url(settings: Settings, engine: Engine) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
-
-
-def dump_dom(url: str) -> str:
-    """The DOM after the page's script ran (virtual time lets fetch and rendering finish)."""
-    profile = tempfile.mkdtemp(prefix="flipwatch-chromium-")
-    try:
-        result = subprocess.run(
-            [
-                str(CHROMIUM),
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={profile}",
-                "--virtual-time-budget=5000",
-                "--dump-dom",
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
 
 
 def test_chart_has_one_point_per_estimate_with_baselines_and_alert_markers(seeded, server_url):
