@@ -3,15 +3,11 @@ uvicorn server for what only the HTTP layer sees (over-long heads)."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvicorn
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
@@ -21,6 +17,7 @@ from flipwatch.service.core.settings import Settings
 from flipwatch.service.main import create_app
 from tests.conftest import _token
 from tests.factories import make_alert_rule, make_model, make_stream
+from tests.servers import serve_in_thread
 
 
 @dataclass(frozen=True)
@@ -88,21 +85,5 @@ def live_server(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Ite
         maintenance_interval_seconds=0,
     )
     app = create_app(settings, session_factory=make_sessionmaker(engine))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", lifespan="on", **uvicorn_options(settings))
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield LiveServer(url=f"http://127.0.0.1:{port}", settings=settings)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with serve_in_thread(app, **uvicorn_options(settings)) as url:
+        yield LiveServer(url=url, settings=settings)

@@ -4,20 +4,17 @@ API's own address is unresolvable, so a page that needs a CDN stays blank (the c
 from __future__ import annotations
 
 import re
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
-from flipwatch.cli.startup import free_port
 from flipwatch.service.core.db import make_sessionmaker
 from flipwatch.service.core.settings import Settings
 from flipwatch.service.main import create_app
 from tests.e2e.chromium import CHROMIUM, dump_dom
+from tests.servers import serve_in_thread
 
 pytestmark = [
     pytest.mark.e2e,
@@ -28,29 +25,14 @@ pytestmark = [
 ]
 
 
-def serve(app: FastAPI) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
 @pytest.fixture
 def api_url(settings: Settings, engine: Engine) -> Iterator[str]:
     app = create_app(
         settings.model_copy(update={"webhook_poll_seconds": 0}),
         session_factory=make_sessionmaker(engine),
     )
-    yield from serve(app)
+    with serve_in_thread(app) as url:
+        yield url
 
 
 @pytest.fixture
@@ -62,7 +44,8 @@ def cdn_docs_url() -> Iterator[str]:
     def ping() -> dict[str, str]:
         return {"ok": "yes"}
 
-    yield from serve(app)
+    with serve_in_thread(app) as url:
+        yield url
 
 
 def dump_dom_offline(url: str) -> str:

@@ -16,7 +16,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from typing import Any
 import httpx
 import pytest
 import torch
-import uvicorn
 import yaml
 from sqlalchemy import Engine
 
@@ -47,6 +45,7 @@ from tests.e2e.conftest import (
     REDIS_URL,
     e2e_settings,
 )
+from tests.servers import serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = shutil.which("prometheus")
@@ -80,7 +79,7 @@ def stack(
     database_url: str, engine: Engine, redis_namespace: str, tmp_path: Path
 ) -> Iterator[Stack]:
     """API under uvicorn (metrics on their own port) and a worker, on Postgres and Redis."""
-    metrics_port, worker_port, api_port = free_port(), free_port(), free_port()
+    metrics_port, worker_port = free_port(), free_port()
     settings = e2e_settings(
         tmp_path / "data",
         database_url=database_url,
@@ -101,20 +100,10 @@ def stack(
     with server.session_factory() as session:
         _, token = create_api_key(session, role="admin", name="e2e-prometheus")
         session.commit()
-    uv = uvicorn.Server(
-        uvicorn.Config(server.app, host="127.0.0.1", port=api_port, log_level="warning")
-    )
-    thread = threading.Thread(target=uv.run, name="e2e-api", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
     try:
-        yield Stack(f"http://127.0.0.1:{api_port}", metrics_port, worker_port, token)
+        with serve_in_thread(server.app) as api_url:
+            yield Stack(api_url, metrics_port, worker_port, token)
     finally:
-        uv.should_exit = True
-        thread.join(10)
         server.close()
         worker.stop()
         truncate_all(engine)

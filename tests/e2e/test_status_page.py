@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import itertools
 import re
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from html.parser import HTMLParser
 
 import pytest
-import uvicorn
 from sqlalchemy import Engine, select
 
 from flipwatch.service.alert.evaluation import evaluate_alerts
@@ -31,6 +27,7 @@ from tests.factories import (
     make_model,
     make_stream,
 )
+from tests.servers import serve_in_thread
 
 pytestmark = [
     pytest.mark.e2e,
@@ -75,12 +72,6 @@ class ChartDom(HTMLParser):
         ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def seeded(engine: Engine) -> Iterator[dict]:
     """Committed rows (the server runs in another thread): a stream with estimates and a floor
@@ -123,21 +114,8 @@ def server_url(settings: Settings, engine: Engine) -> Iterator[str]:
         settings.model_copy(update={"public_status_page": True, "webhook_poll_seconds": 0}),
         session_factory=make_sessionmaker(engine),
     )
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serve_in_thread(app) as url:
+        yield url
 
 
 def test_chart_has_one_point_per_estimate_with_baselines_and_alert_markers(seeded, server_url):
