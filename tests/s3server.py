@@ -2,6 +2,7 @@
 
 Started once per test run by the `s3_server` fixture (tests/conftest.py) over a temporary folder,
 with random credentials and one bucket; every test that uses it gets its own key prefix.
+`silent_endpoint` is the opposite: a port that accepts connections and never answers (a hung S3).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -121,3 +123,47 @@ def rclone_s3(binary: str, root: Path, *, timeout: float = 30.0) -> Iterator[S3S
             process.kill()
             process.wait()
         log.close()
+
+
+class SilentEndpoint:
+    """A loopback port that accepts TCP connections and never answers: an S3 endpoint that hangs
+    (an overloaded server, a half-dead load balancer). Counts the connections it accepted."""
+
+    def __init__(self) -> None:
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self._listener.settimeout(0.1)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="silent-endpoint", daemon=True)
+        self._thread.start()
+
+    @property
+    def connections(self) -> int:
+        return len(self._held)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            self._held.append(conn)  # held open, never read or answered
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for conn in self._held:
+            conn.close()
+        self._listener.close()
+
+
+@contextmanager
+def silent_endpoint() -> Iterator[SilentEndpoint]:
+    endpoint = SilentEndpoint()
+    try:
+        yield endpoint
+    finally:
+        endpoint.close()

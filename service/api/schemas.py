@@ -30,3 +30,4 @@ class Readiness(BaseModel):
     status: Literal["ready"]
     database: str
     broker: str
+    storage: str

@@ -91,6 +91,23 @@ class Settings(BaseSettings):
     storage_threads: int = Field(
         default=16, ge=1, le=256, description="Concurrent object reads/writes of one window."
     )
+    storage_max_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=20,
+        description="S3 calls per request, the first included (boto3's standard retries with "
+        "backoff): connection errors, timeouts, throttling and 5xx answers are retried.",
+    )
+    storage_connect_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=300, description="S3: to open a connection (an unreachable host)."
+    )
+    storage_read_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="S3: the longest wait for the next bytes of an answer (a hung server); not "
+        "a bound on a whole transfer.",
+    )
 
     # Queues by capability (service/core/dispatch.py): estimates.gpu, estimates.cpu, calibrations.
     worker_queues: Annotated[list[str] | None, NoDecode] = Field(

@@ -43,6 +43,7 @@ TEMP_DIR = ".tmp"  # local backend: in-progress writes, never a key
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 MAX_KEY_BYTES = 1024  # S3's limit
 CHUNK = 1 << 20
+PROBE_TIMEOUT_SECONDS = 2.0  # readiness: one S3 call, this long to connect and to answer
 
 
 class ObjectInfo(NamedTuple):
@@ -75,8 +76,10 @@ class ObjectStore(Protocol):
         """Rename an object, replacing `dst`; FileNotFoundError when `src` is missing."""
         ...
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every complete object whose key starts with `prefix` (a folder: '' or ending in '/')."""
+    def list(self, prefix: str = "", *, start_after: str = "") -> Iterator[ObjectInfo]:
+        """Every complete object whose key starts with `prefix` (a folder: '' or ending in '/'),
+        in key order (S3's: by UTF-8 bytes), only keys after `start_after` when given; so a
+        long listing can stop anywhere and resume after the last key it saw."""
         ...
 
     def local_path(self, key: str) -> Path | None:
@@ -85,6 +88,11 @@ class ObjectStore(Protocol):
 
     def abort_incomplete(self, older_than_seconds: float) -> int:
         """Remove what interrupted writes left (temporary files, multipart uploads); a count."""
+        ...
+
+    def probe(self) -> None:
+        """Raise unless the store can take requests now: cheap, and bounded by
+        PROBE_TIMEOUT_SECONDS on S3 whatever the store's own timeouts (for /readyz)."""
         ...
 
 
@@ -262,25 +270,42 @@ class LocalStore:
             raise FileNotFoundError(f"object {src} is not in {self!r}") from exc
         self._prune(source.parent)
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, start_after: str = "") -> Iterator[ObjectInfo]:
         base = self.root / _check_prefix(prefix) if prefix else self.root
-        if not base.is_dir():
-            return
-        for dirpath, dirnames, filenames in os.walk(base):
-            if Path(dirpath) == self.root:
-                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            dirnames.sort()
-            for name in sorted(filenames):
-                if name.startswith("."):
-                    continue  # not an object: a write_atomic temporary file of old versions
-                path = Path(dirpath) / name
-                try:
-                    stat = path.stat()
-                except FileNotFoundError:
-                    continue  # removed while listing
-                key = path.relative_to(self.root).as_posix()
-                if is_key(key):
-                    yield ObjectInfo(key, stat.st_size, stat.st_mtime)
+        if base.is_dir():
+            yield from self._walk(base, prefix, start_after)
+
+    def _walk(self, folder: Path, folder_key: str, start_after: str) -> Iterator[ObjectInfo]:
+        """The objects under `folder` (keys starting with `folder_key`) in key order: a
+        subfolder sorts as its name plus '/', so 'b.png' < 'b/...' < 'b0.png' as on S3.
+        Subfolders whose every key sorts before `start_after` are not entered."""
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            return  # removed while listing
+        named = []
+        for entry in entries:
+            if entry.name.startswith(".") and (folder == self.root or not entry.is_dir()):
+                continue  # the store's own files (.tmp/), old write_atomic temporaries
+            if entry.is_dir():
+                if not entry.is_symlink():
+                    named.append((entry.name + "/", entry))
+            else:
+                named.append((entry.name, entry))
+        named.sort(key=lambda pair: pair[0])
+        for name, entry in named:
+            key = folder_key + name
+            if name.endswith("/"):
+                if key > start_after or start_after.startswith(key):
+                    yield from self._walk(Path(entry.path), key, start_after)
+                continue
+            if key <= start_after or not is_key(key):
+                continue
+            try:
+                stat = entry.stat()
+            except FileNotFoundError:
+                continue  # removed while listing
+            yield ObjectInfo(key, stat.st_size, stat.st_mtime)
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
@@ -298,6 +323,15 @@ class LocalStore:
             except FileNotFoundError:
                 continue
         return removed
+
+    def probe(self) -> None:
+        """The data dir exists and takes a new file (created and removed in `.tmp/`)."""
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root} is not a directory")
+        self._tmp.mkdir(exist_ok=True)  # not the root: a vanished data dir stays an error
+        fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix="probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
 
     def _prune(self, folder: Path) -> None:
         """Remove folders emptied by a delete or move (up to, never including, the root)."""
@@ -318,7 +352,9 @@ class S3Config:
     access_key_id: str | None = None
     secret_access_key: str | None = None
     addressing_style: str = "path"
-    max_attempts: int = 5
+    max_attempts: int = 5  # per call, the first included
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
 
 
 class S3Store:
@@ -326,18 +362,33 @@ class S3Store:
 
     Checksums are sent only where S3 requires them: newer boto3 defaults add CRC headers that
     some S3-compatible servers refuse; the Content-MD5 of every single-part PUT still lets the
-    server reject a body damaged in transit.
+    server reject a body damaged in transit. Attempts and timeouts come from the settings
+    (`FLIPWATCH_STORAGE_MAX_ATTEMPTS`, `..._CONNECT_TIMEOUT_SECONDS`, `..._READ_TIMEOUT_SECONDS`).
     """
 
     def __init__(self, config: S3Config) -> None:
-        import boto3
         from boto3.s3.transfer import TransferConfig
-        from botocore.config import Config
 
         self.config = config
         self.bucket = config.bucket
         self.prefix = config.prefix
-        self._client: Any = boto3.session.Session().client(
+        self._client: Any = self._make_client(
+            attempts=config.max_attempts,
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
+            pool=32,
+        )
+        self._probe_client: Any = None  # made on the first probe
+        self._transfer = TransferConfig(multipart_threshold=64 * 1024 * 1024, use_threads=False)
+
+    def _make_client(
+        self, *, attempts: int, connect_timeout: float, read_timeout: float, pool: int
+    ) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        config = self.config
+        return boto3.session.Session().client(
             "s3",
             endpoint_url=config.endpoint_url,
             region_name=config.region,
@@ -345,13 +396,15 @@ class S3Store:
             aws_secret_access_key=config.secret_access_key,
             config=Config(
                 s3={"addressing_style": config.addressing_style},
-                retries={"max_attempts": config.max_attempts, "mode": "standard"},
+                # total_max_attempts counts the first call (boto3's `max_attempts` does not).
+                retries={"total_max_attempts": attempts, "mode": "standard"},
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
-                max_pool_connections=32,
+                max_pool_connections=pool,
             ),
         )
-        self._transfer = TransferConfig(multipart_threshold=64 * 1024 * 1024, use_threads=False)
 
     def __repr__(self) -> str:
         return f"S3Store('s3://{self.bucket}/{self.prefix}')"
@@ -470,10 +523,11 @@ class S3Store:
                 raise
         self.delete(src)
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, start_after: str = "") -> Iterator[ObjectInfo]:
         _check_prefix(prefix)
         paginator = self._client.get_paginator("list_objects_v2")
-        pages = iter(paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix))
+        after = {"StartAfter": self.prefix + start_after} if start_after else {}
+        pages = iter(paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix, **after))
         while True:
             with self._reachable():
                 page = next(pages, None)
@@ -485,6 +539,19 @@ class S3Store:
 
     def local_path(self, key: str) -> Path | None:
         return None
+
+    def probe(self) -> None:
+        """HEAD the bucket once (no retries) through a client of its own whose timeouts are at
+        most PROBE_TIMEOUT_SECONDS: a hung endpoint costs readiness about that, not the
+        store's attempts x read timeout. Also fails on a missing bucket or refused key."""
+        if self._probe_client is None:  # two threads may both make one: harmless
+            self._probe_client = self._make_client(
+                attempts=1,
+                connect_timeout=min(self.config.connect_timeout, PROBE_TIMEOUT_SECONDS),
+                read_timeout=min(self.config.read_timeout, PROBE_TIMEOUT_SECONDS),
+                pool=2,
+            )
+        self._probe_client.head_bucket(Bucket=self.bucket)
 
     def abort_incomplete(self, older_than_seconds: float) -> int:
         """Abort multipart uploads started before the cutoff (their parts cost storage)."""
@@ -524,6 +591,9 @@ def open_store(settings: Settings) -> ObjectStore:
             access_key_id=settings.storage_access_key_id,
             secret_access_key=settings.storage_secret_access_key,
             addressing_style=settings.storage_addressing_style,
+            max_attempts=settings.storage_max_attempts,
+            connect_timeout=settings.storage_connect_timeout_seconds,
+            read_timeout=settings.storage_read_timeout_seconds,
         )
     )
 

@@ -7,12 +7,17 @@ jobs are kept. Objects go only when no image row references them any more (conte
 shares one object between rows), through `remove_unreferenced`: move aside to `trash/`, re-check,
 delete, so an upload that publishes the same object concurrently keeps it. `sweep_orphans` does
 the same for objects no row references (older than the grace period) and finishes or deletes
-interrupted uploads (`core.staging.sweep_incoming`). Both work on either storage backend (only
-`ObjectStore` calls). `MaintenanceThread` runs both in the API process.
+interrupted uploads (`core.staging.sweep_incoming`). Orphans are rare (retention's removals cut
+short by a killed process or an unreachable store after its commit), so one pass examines only
+the next `MAX_SCAN_PER_PASS` image keys after a marker kept in the store: the bucket is not
+listed whole every minute, and a restart or another API replica goes on where the last pass
+stopped. Both work on either storage backend (only `ObjectStore` calls). `MaintenanceThread`
+runs both in the API process.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -36,6 +41,11 @@ log = logging.getLogger(__name__)
 TRASH = "trash/"
 IMAGES = "images/"
 MAX_DELETE_PER_STREAM = 5000  # per pass: bounds one transaction; the next pass goes on
+# Image keys one orphan-sweep pass examines (10 LIST calls on S3); a full cycle over N images
+# takes N / 10 000 passes (1 M images: 100 passes, 100 min at the default 60 s interval).
+MAX_SCAN_PER_PASS = 10_000
+# The last image key the previous pass examined; absent when the next pass starts at the first.
+SWEEP_MARKER = "maintenance/orphan-sweep-after"
 
 
 @dataclass
@@ -159,22 +169,50 @@ def _unreferenced(session_factory: sessionmaker[Session], paths: list[str]) -> l
 
 
 def sweep_orphans(
-    session_factory: sessionmaker[Session], settings: Settings, *, grace_seconds: float
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    *,
+    grace_seconds: float,
+    scan_limit: int = MAX_SCAN_PER_PASS,
 ) -> RetentionReport:
-    """Finish or delete interrupted uploads, then delete image objects no row references."""
+    """Finish or delete interrupted uploads, then delete the image objects no row references
+    among the next `scan_limit` keys after the stored marker (wrapping to the first key once
+    the listing ran out)."""
     store = storage.open_store(settings)
     incoming = staging.sweep_incoming(session_factory, store, grace_seconds=grace_seconds)
     report = RetentionReport(
         incoming_published=incoming.published, incoming_deleted=incoming.deleted
     )
     cutoff = time.time() - grace_seconds
-    old = [info.key for info in store.list(IMAGES) if info.modified <= cutoff]
+    after = _sweep_marker(store)
+    listed = list(itertools.islice(store.list(IMAGES, start_after=after), scan_limit))
+    old = [info.key for info in listed if info.modified <= cutoff]
     report.files_deleted += remove_unreferenced(session_factory, store, old)
+    full = bool(listed) and len(listed) == scan_limit  # else the listing ran out: start again
+    _store_sweep_marker(store, after, listed[-1].key if full else "")
     # Left by a process killed mid-removal: nothing references them.
     for info in list(store.list(TRASH)):
         if info.modified <= cutoff:
             store.delete(info.key)
     return report
+
+
+def _sweep_marker(store: ObjectStore) -> str:
+    try:
+        marker = store.get(SWEEP_MARKER).decode()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return ""
+    return marker if marker.startswith(IMAGES) else ""  # anything else: start again
+
+
+def _store_sweep_marker(store: ObjectStore, old: str, new: str) -> None:
+    """Written only when it moves: a store with fewer images than one pass never gets one."""
+    if new == old:
+        return
+    if new:
+        store.put(SWEEP_MARKER, new.encode())
+    else:
+        store.delete(SWEEP_MARKER)
 
 
 def disk_usage(settings: Settings) -> tuple[int, int]:

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
-from fastapi.testclient import TestClient
+import shutil
+import time
 
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from flipwatch.service.core.db import make_sessionmaker
+from flipwatch.service.core.settings import Settings
 from flipwatch.service.main import create_app
+from tests.conftest import s3_storage
+from tests.s3server import S3Server, silent_endpoint
 
 
 def test_healthz(client):
     assert client.get("/healthz").json() == {"status": "ok"}
 
 
-def test_readyz_checks_database_and_embedded_broker(client):
+def test_readyz_checks_database_embedded_broker_and_store(client):
     assert client.get("/readyz").json() == {
         "status": "ready",
         "database": "ok",
         "broker": "embedded",
+        "storage": "ok",
     }
 
 
@@ -31,6 +41,74 @@ def test_readyz_is_503_problem_when_broker_is_down(settings, engine):
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/problem+json"
     assert "broker unreachable" in response.json()["detail"]
+
+
+def assert_storage_not_ready(response, store: str) -> None:
+    """A 503 problem naming the object store, with Retry-After (FLIPWATCH_RETRY_AFTER_SECONDS)."""
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["retry-after"] == "5"
+    problem = response.json()
+    assert problem["code"] == "storage-unavailable"
+    assert problem["detail"].startswith(f"object storage {store} is not usable: ")
+
+
+def test_readyz_is_503_naming_the_store_when_the_data_dir_is_gone_and_healthz_stays_up(
+    settings: Settings, engine: Engine
+):
+    app = create_app(settings, session_factory=make_sessionmaker(engine))
+    with TestClient(app) as client:
+        shutil.rmtree(settings.data_dir)  # e.g. the volume was unmounted
+        ready = client.get("/readyz")
+        alive = client.get("/healthz")
+        settings.data_dir.mkdir()
+        again = client.get("/readyz")
+
+    assert_storage_not_ready(ready, f"LocalStore({str(settings.data_dir.resolve())!r})")
+    assert "FileNotFoundError" in ready.json()["detail"]
+    assert alive.json() == {"status": "ok"}
+    assert again.status_code == 200
+
+
+def test_readyz_checks_the_bucket_on_a_real_s3_server(
+    settings: Settings, engine: Engine, s3_server: S3Server
+):
+    s3 = settings.model_copy(update=s3_storage(s3_server))
+    with TestClient(create_app(s3, session_factory=make_sessionmaker(engine))) as client:
+        assert client.get("/readyz").json()["storage"] == "ok"
+    missing = s3.model_copy(update={"storage_bucket": "no-such-bucket"})
+    with TestClient(create_app(missing, session_factory=make_sessionmaker(engine))) as client:
+        response = client.get("/readyz")
+    assert_storage_not_ready(response, f"S3Store('s3://no-such-bucket/{s3.storage_prefix}')")
+    assert "404" in response.json()["detail"]
+
+
+@pytest.mark.timeout(60)
+def test_readyz_does_not_wait_for_a_hanging_s3_endpoint(settings: Settings, engine: Engine):
+    """The store's own client would wait 3 attempts x 30 s here; readiness answers in about 2 s."""
+    with silent_endpoint() as endpoint:
+        hanging = settings.model_copy(
+            update={
+                "storage_backend": "s3",
+                "storage_bucket": "flipwatch",
+                "storage_endpoint_url": endpoint.url,
+                "storage_access_key_id": "FWSILENT",
+                "storage_secret_access_key": "x" * 40,
+                "storage_max_attempts": 3,
+                "storage_read_timeout_seconds": 30.0,
+            }
+        )
+        # No lifespan: its start-up sweep of incoming/ would wait for the store's own timeouts.
+        client = TestClient(create_app(hanging, session_factory=make_sessionmaker(engine)))
+        started = time.monotonic()
+        response = client.get("/readyz")
+        elapsed = time.monotonic() - started
+        alive = client.get("/healthz")
+
+    assert_storage_not_ready(response, "S3Store('s3://flipwatch/')")
+    assert "timeout" in response.json()["detail"].lower()
+    assert elapsed < 5.0
+    assert alive.status_code == 200
 
 
 def test_unknown_route_is_problem(client):

@@ -125,6 +125,20 @@ class TestList:
             "models/3.pt",
         ]
 
+    def test_lists_in_key_order_and_after_a_given_key(self, store: ObjectStore) -> None:
+        """S3's order (UTF-8 bytes of the whole key), so a listing can resume after its last key:
+        'a/b.png' < 'a/b/c.png' < 'a/b0.png' although the local store keeps 'a/b/' as a folder."""
+        keys = ["a/b.png", "a/b/c.png", "a/b/d.png", "a/b0.png", "a/c/d/e.png", "b.png"]
+        for key in reversed(keys):
+            store.put(key, b"x")
+
+        assert [i.key for i in store.list()] == keys
+        assert [i.key for i in store.list("a/", start_after="a/b/c.png")] == keys[2:5]
+        assert [i.key for i in store.list("a/", start_after="a/b.png")] == keys[1:5]
+        assert [i.key for i in store.list("", start_after="a/b0.png")] == keys[4:]
+        assert [i.key for i in store.list("", start_after="a/a")] == keys
+        assert list(store.list("", start_after="b.png")) == []
+
     def test_an_empty_or_unknown_prefix_lists_nothing(self, store: ObjectStore) -> None:
         assert list(store.list("trash/")) == []
 

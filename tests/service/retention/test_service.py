@@ -181,6 +181,30 @@ def test_the_orphan_sweep_removes_unreferenced_objects_and_trash_leftovers(
     assert list(store.list("trash/")) == []
 
 
+def test_the_orphan_sweep_examines_a_bounded_slice_per_pass_and_resumes_after_it(
+    session_factory: sessionmaker[Session], backend_settings: Settings
+) -> None:
+    """Each pass lists at most `scan_limit` image keys after the marker the last pass stored in
+    the store itself (so a restart, or another API replica, goes on from there), and starts
+    again from the first key once it reached the last."""
+    settings = backend_settings
+    store = storage.open_store(settings)
+    orphans = [storage.image_key(digit * 64, "PNG") for digit in "01234"]  # in key order
+    for key in orphans:
+        store.put(key, b"no row")
+
+    left = []
+    for _ in range(3):
+        sweep_orphans(session_factory, settings, grace_seconds=0, scan_limit=2)
+        left.append(sorted(image_objects(settings)))
+    store.put(orphans[0], b"orphaned after the pass went past it")
+    fourth = sweep_orphans(session_factory, settings, grace_seconds=0, scan_limit=2)
+
+    assert left == [orphans[2:], orphans[4:], []]
+    assert fourth.files_deleted == 1 and image_objects(settings) == set()
+    assert list(store.list("maintenance/")) == []  # a finished cycle leaves no marker
+
+
 def test_a_rejected_batch_leaves_no_object(
     session_factory: sessionmaker[Session], backend_settings: Settings
 ) -> None:
