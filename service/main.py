@@ -1,13 +1,13 @@
 """The FastAPI application: `create_app(settings, *, dispatcher=None)`.
 
 The lifespan builds the engine and sessionmaker (unless one is passed in, as tests do), creates
-the bootstrap admin key when configured and runs the alert webhook deliverer thread. Each app has
+the bootstrap admin key when configured and runs the maintenance thread (whose first pass sweeps
+interrupted uploads, in the background) and the alert webhook deliverer thread. Each app has
 its own metrics registry (app.state.metrics). Nothing is created at import.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -35,7 +35,6 @@ from flipwatch.service.api.routes import (
     streams,
 )
 from flipwatch.service.batch.decoding import DecodePool
-from flipwatch.service.core import staging, storage
 from flipwatch.service.core.auth import ensure_api_key
 from flipwatch.service.core.db import make_engine, make_sessionmaker
 from flipwatch.service.core.dispatch import JobDispatcher, NullDispatcher
@@ -46,8 +45,6 @@ from flipwatch.service.metrics.http import ApiMetrics, MetricsMiddleware, serve_
 from flipwatch.service.model.service import ModelCheck
 from flipwatch.service.retention.service import MaintenanceThread
 from flipwatch.service.status.service import STATUS_FILES
-
-log = logging.getLogger(__name__)
 
 
 def redis_check(url: str) -> Callable[[], None]:
@@ -90,17 +87,11 @@ def create_app(
                     session, token=settings.bootstrap_admin_key, role="admin", name="bootstrap"
                 )
                 session.commit()
-        # Uploads a killed process left half-done: finished (committed) or deleted (not).
-        try:
-            staging.sweep_incoming(
-                app.state.sessionmaker,
-                storage.open_store(settings),
-                grace_seconds=settings.orphan_grace_seconds,
-            )
-        except Exception:  # noqa: BLE001 - store unreachable: the maintenance thread retries
-            log.warning("start-up sweep of interrupted uploads failed", exc_info=True)
         if settings.validation_processes > 0:
             app.state.decode_pool = DecodePool(settings.validation_processes)
+        # Its first pass, at once and in its own thread, finishes or deletes the uploads a killed
+        # process left in incoming/: a hung or unreachable store never holds up start-up, so
+        # /healthz answers while /readyz reports the store.
         maintenance = MaintenanceThread(lambda: app.state.sessionmaker, settings)
         maintenance.start()
         deliverer = None

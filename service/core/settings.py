@@ -204,9 +204,12 @@ class Settings(BaseSettings):
         default=10.0, gt=0, le=3600, description="How often each worker looks for lost jobs."
     )
 
-    # Maintenance (service/maintenance.py): retention and orphan sweeps in the API process.
+    # Maintenance (service/retention/service.py): retention and orphan sweeps in the API process.
     maintenance_interval_seconds: float = Field(
-        default=60.0, ge=0, description="How often retention and the orphan sweep run; 0: never."
+        default=60.0,
+        ge=0,
+        description="How often retention and the orphan sweep run; 0: never (the start-up sweep "
+        "of interrupted uploads still runs once, in the background).",
     )
     orphan_grace_seconds: float = Field(
         default=600.0,

@@ -12,7 +12,7 @@ short by a killed process or an unreachable store after its commit), so one pass
 the next `MAX_SCAN_PER_PASS` image keys after a marker kept in the store: the bucket is not
 listed whole every minute, and a restart or another API replica goes on where the last pass
 stopped. Both work on either storage backend (only `ObjectStore` calls). `MaintenanceThread`
-runs both in the API process.
+runs both in the API process, after a start-up sweep of `incoming/` in the same thread.
 """
 
 from __future__ import annotations
@@ -225,10 +225,15 @@ def image_count(session: Session) -> int:
 
 
 class MaintenanceThread:
-    """Runs the orphan sweep and retention every `maintenance_interval_seconds` (API process).
+    """Sweeps interrupted uploads at start-up, then runs the orphan sweep and retention every
+    `maintenance_interval_seconds` (API process), all in its own thread.
 
-    Safe with several API processes: each stream is handled under its lock, and file removal
-    re-checks references. `get_sessionmaker` returns None until the lifespan built one.
+    The start-up sweep is the thread's first pass, at once: a hung or unreachable store costs
+    it the store's attempts x timeouts, never the app's start-up or `/healthz`. A failed pass
+    is logged with its reason and the next one (which sweeps `incoming/` too) retries; with an
+    interval of 0 the start-up sweep is the only pass. Safe with several API processes: each
+    stream is handled under its lock, and file removal re-checks references.
+    `get_sessionmaker` returns None until the lifespan built one.
     """
 
     def __init__(
@@ -240,17 +245,30 @@ class MaintenanceThread:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if self._thread is None and self._settings.maintenance_interval_seconds > 0:
+        if self._thread is None:
             self._thread = threading.Thread(
                 target=self._run, name="flipwatch-maintenance", daemon=True
             )
             self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Ask the thread to end and wait at most `timeout` (a pass stuck on a hung store is
+        left to finish in its daemon thread)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+    def sweep_interrupted_uploads(self) -> staging.SweepReport | None:
+        """The start-up pass: what killed uploads left in `incoming/`, finished or deleted."""
+        factory = self._get_sessionmaker()
+        if factory is None:
+            return None
+        return staging.sweep_incoming(
+            factory,
+            storage.open_store(self._settings),
+            grace_seconds=self._settings.orphan_grace_seconds,
+        )
 
     def run_once(self) -> RetentionReport | None:
         factory = self._get_sessionmaker()
@@ -267,8 +285,31 @@ class MaintenanceThread:
         return report
 
     def _run(self) -> None:
-        while not self._stop.wait(self._settings.maintenance_interval_seconds):
+        interval = self._settings.maintenance_interval_seconds
+        try:
+            self.sweep_interrupted_uploads()
+        except Exception as exc:  # noqa: BLE001 - the store or database may be down
+            log.warning(
+                "start-up sweep of interrupted uploads failed: %s; %s",
+                _reason(exc),
+                "the next maintenance pass retries it"
+                if interval > 0
+                else "not retried (maintenance_interval_seconds is 0)",
+                exc_info=True,
+            )
+        if interval <= 0:
+            return
+        while not self._stop.wait(interval):
             try:
                 self.run_once()
-            except Exception:  # noqa: BLE001 - the database may be down: try next time
-                log.warning("maintenance pass failed", exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - the store or database may be down
+                log.warning(
+                    "maintenance pass failed: %s; the next pass retries it in %g s",
+                    _reason(exc),
+                    interval,
+                    exc_info=True,
+                )
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

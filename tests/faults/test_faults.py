@@ -195,6 +195,13 @@ def test_an_api_killed_mid_upload_leaves_no_files_and_the_retry_stores_the_batch
         assert "error" in outcome, f"the upload finished before the kill: {outcome}"
 
         deployment.start_api(orphan_grace_seconds=0)
+        # The start-up sweep runs beside the serving app (never before it): it has deleted the
+        # killed upload's staged files moments after the restart.
+        wait_until(
+            lambda: not deployment.reconcile().stray_files,
+            timeout=10,
+            what="the start-up sweep to delete what the killed upload staged",
+        )
         answer = post(http, stream, files, key=key)
         assert answer.status_code == 202, answer.text
         assert answer.headers.get("Idempotent-Replayed") is None  # the first never committed

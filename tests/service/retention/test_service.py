@@ -3,29 +3,34 @@ both storage backends (local directory, real S3 server)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from flipwatch.cli.startup import free_port
 from flipwatch.service.batch.service import Upload, ingest_batch
-from flipwatch.service.core import storage
-from flipwatch.service.core.db import make_sessionmaker
+from flipwatch.service.core import staging, storage
+from flipwatch.service.core.db import make_engine, make_sessionmaker
 from flipwatch.service.core.errors import BatchRejected
 from flipwatch.service.core.settings import Settings
 from flipwatch.service.core.tables import Batch, Estimate, Image, Stream
 from flipwatch.service.retention.service import (
+    MaintenanceThread,
     enforce_retention,
     remove_unreferenced,
     sweep_orphans,
 )
 from tests.conftest import truncate_all
 from tests.factories import image_bytes, make_api_key, make_estimate, make_job, make_stream
+
+MAINTENANCE_LOGGER = "flipwatch.service.retention.service"
 
 
 @pytest.fixture
@@ -247,3 +252,78 @@ def test_a_batch_failing_after_its_images_were_staged_leaves_no_object(
         session.rollback()  # e.g. the commit failed
 
     assert list(store.list()) == []
+
+
+def committed_but_not_moved(factory: sessionmaker[Session], settings: Settings) -> tuple[str, str]:
+    """What an API killed between a batch's commit and the move leaves: the image row, and its
+    object still staged under incoming/. Returns (its key, its staged key)."""
+    with factory() as session:
+        stream = make_stream(session, window_size=64, auto_estimate=False)
+        session.commit()
+    ingest(factory, settings, stream.id, 0, 1)
+    with factory() as session:
+        image = session.scalars(select(Image).where(Image.stream_id == stream.id)).one()
+    staged = staging.incoming_prefix(image.batch_id) + image.path.rsplit("/", 1)[1]
+    storage.open_store(settings).move(image.path, staged)
+    return image.path, staged
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+class TestMaintenanceThread:
+    def test_a_failed_start_up_sweep_is_logged_with_its_reason_and_the_next_pass_retries_it(
+        self,
+        session_factory: sessionmaker[Session],
+        backend_settings: Settings,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        settings = backend_settings.model_copy(
+            update={"maintenance_interval_seconds": 0.2, "orphan_grace_seconds": 0}
+        )
+        key, staged = committed_but_not_moved(session_factory, settings)
+        store = storage.open_store(settings)
+        nowhere = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nowhere"
+        down = make_engine(settings, url=nowhere)  # nothing listens there
+        first = iter([make_sessionmaker(down)])  # the start-up pass finds the database down
+        thread = MaintenanceThread(lambda: next(first, session_factory), settings)
+        caplog.set_level(logging.WARNING, logger=MAINTENANCE_LOGGER)
+        thread.start()
+        try:
+            published = wait_for(lambda: store.exists(key))
+        finally:
+            thread.stop()
+            down.dispose()
+
+        assert published
+        assert store.get(key) == image_bytes(0)
+        assert not store.exists(staged)
+        [failure] = [r.getMessage() for r in caplog.records if r.name == MAINTENANCE_LOGGER]
+        assert failure.startswith(
+            "start-up sweep of interrupted uploads failed: OperationalError: "
+        )
+        assert failure.endswith("; the next maintenance pass retries it")
+
+    def test_with_maintenance_off_the_start_up_sweep_still_runs_once(
+        self, session_factory: sessionmaker[Session], settings: Settings
+    ) -> None:
+        settings = settings.model_copy(
+            update={"maintenance_interval_seconds": 0, "orphan_grace_seconds": 0}
+        )
+        key, staged = committed_but_not_moved(session_factory, settings)
+        store = storage.open_store(settings)
+        thread = MaintenanceThread(lambda: session_factory, settings)
+        thread.start()
+        try:
+            published = wait_for(lambda: store.exists(key))
+        finally:
+            started = time.monotonic()
+            thread.stop()
+            stopped_after = time.monotonic() - started
+
+        assert published and not store.exists(staged)
+        assert stopped_after < 1.0  # the thread ended after its one pass
