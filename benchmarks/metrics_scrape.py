@@ -5,7 +5,8 @@ it to the last revision whose schema the loader knows (`BASE_REVISION`), bulk-lo
 with COPY (models, succeeded calibrations, streams, one succeeded job per estimate plus queued,
 running and failed ones, calibration jobs, two alert rules per stream, alert events, and
 `--estimates` estimate rows spread evenly over the streams, each with a full
-`EstimateResult.to_dict()` document and a realized accuracy on every tenth window), then runs
+`EstimateResult.to_dict()` document and a realized accuracy on every `--labeled-every`th window,
+default every tenth), then runs
 `alembic upgrade head` (so whatever later migrations backfill is timed as `upgrade_s`), ANALYZE,
 and scrapes the real app served by uvicorn on loopback with httpx (which, like Prometheus, accepts
 gzip): one warm-up scrape, then `--scrapes` timed ones (p50/p95/max wall seconds, median process
@@ -16,7 +17,8 @@ Run the same script on an older checkout to get its "before" figures: it only ne
 `BASE_REVISION` to be an ancestor of the head.
 
     nice -n 10 .venv/bin/python benchmarks/metrics_scrape.py [--streams 1000,10000]
-        [--estimates 1000000] [--scrapes 7] [--admin-url postgresql://postgres@127.0.0.1:5432/postgres]
+        [--estimates 1000000] [--labeled-every 10] [--scrapes 7]
+        [--admin-url postgresql://postgres@127.0.0.1:5432/postgres]
 
 Prints ONE JSON object.
 """
@@ -74,6 +76,12 @@ def main() -> None:
     parser.add_argument("--estimates", type=int, default=1_000_000)
     parser.add_argument("--scrapes", type=int, default=7)
     parser.add_argument(
+        "--labeled-every",
+        type=int,
+        default=10,
+        help="windows per labeled window (1: every window has labels)",
+    )
+    parser.add_argument(
         "--admin-url",
         default=os.environ.get(
             "FLIPWATCH_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -89,6 +97,7 @@ def main() -> None:
                 admin_url=args.admin_url,
                 streams=streams,
                 estimates=args.estimates,
+                labeled_every=args.labeled_every,
                 scrapes=args.scrapes,
             )
         )
@@ -96,7 +105,9 @@ def main() -> None:
     print(json.dumps({"benchmark": "metrics_scrape", "runs": runs, **facts}, indent=2))
 
 
-def measure(*, admin_url: str, streams: int, estimates: int, scrapes: int) -> dict[str, Any]:
+def measure(
+    *, admin_url: str, streams: int, estimates: int, labeled_every: int, scrapes: int
+) -> dict[str, Any]:
     name = f"flipwatch_bench_scrape_{secrets.token_hex(4)}"
     with psycopg.connect(admin_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
@@ -106,7 +117,7 @@ def measure(*, admin_url: str, streams: int, estimates: int, scrapes: int) -> di
         settings = bench_settings(url, Path(tempfile.mkdtemp(prefix="flipwatch-bench-")))
         started = time.perf_counter()
         upgrade_database(settings, url=url, revision=BASE_REVISION)
-        rows = load(dsn, streams=streams, estimates=estimates)
+        rows = load(dsn, streams=streams, estimates=estimates, labeled_every=labeled_every)
         load_s = time.perf_counter() - started
         started = time.perf_counter()
         upgrade_database(settings, url=url)
@@ -118,6 +129,7 @@ def measure(*, admin_url: str, streams: int, estimates: int, scrapes: int) -> di
         return {
             "streams": streams,
             "estimates": estimates,
+            "labeled_every": labeled_every,
             "rows": rows,
             "database_bytes": size,
             "load_s": round(load_s, 1),
@@ -152,7 +164,7 @@ def bench_settings(url: str, data_dir: Path) -> Settings:
 # --- data ----------------------------------------------------------------------------------------
 
 
-def load(dsn: str, *, streams: int, estimates: int) -> dict[str, int]:
+def load(dsn: str, *, streams: int, estimates: int, labeled_every: int = 10) -> dict[str, int]:
     """COPY every table; foreign keys are consistent by construction, so their per-row triggers
     are skipped (session_replication_role = replica) to keep a million rows under a minute."""
     rng = random.Random(13)
@@ -235,7 +247,9 @@ def load(dsn: str, *, streams: int, estimates: int) -> dict[str, int]:
             "estimates (id, stream_id, job_id, window_index, model_id, model_version, "
             "image_count, estimated_accuracy, signal, weighted_flips, result, created_at, "
             "labeled_count, realized_accuracy, realized_at)",
-            estimate_lines(rng, stream_ids, model_ids, per_stream, job_ids, estimate_ids),
+            estimate_lines(
+                rng, stream_ids, model_ids, per_stream, job_ids, estimate_ids, labeled_every
+            ),
         )
         rule_ids = [uuid.UUID(int=rng.getrandbits(128)) for _ in range(2 * streams)]
         counts["alert_rules"] = copy(
@@ -324,6 +338,7 @@ def estimate_lines(
     per_stream: int,
     job_ids: list[uuid.UUID],
     estimate_ids: list[uuid.UUID],
+    labeled_every: int = 10,
 ) -> Iterator[str]:
     """COPY text lines; the result document is `EstimateResult.to_dict()` for a 10-class model
     (about 1.3 kB, like the demo's). Each stream has 4 documents whose accuracy, interval and
@@ -349,7 +364,7 @@ def estimate_lines(
             at = (START + timedelta(hours=w, seconds=i)).isoformat()
             realized = "\\N\t\\N"
             labeled = 0
-            if w % 10 == 0:
+            if w % labeled_every == 0:
                 labeled = 100
                 realized = f"{round(accuracy + rng.uniform(-0.04, 0.04), 4)}\t{at}"
             yield (

@@ -3,25 +3,23 @@
 Every scrape opens a short-lived session, so every API replica reports the same truth (Postgres)
 and nothing is lost on restart; no multiprocess mode is needed. The scrape reads one small
 `latest_estimates` row per stream (kept by the estimate job in the transaction that inserts the
-estimate, `service/estimate/latest.py`), never the estimates' result documents, and the per-stream
-families are written as text directly (`render_text`): each stream's label set is escaped once,
-not once per series. `to_metric_families` gives the same families as prometheus_client objects for
-any other consumer of the registry (OpenMetrics, `generate_latest`); a test checks both agree.
+estimate, `service/estimate/latest.py`), never the estimates' result documents, into a
+`StreamSnapshot` of columns (families.py); `text.render_text` writes it as the text format.
+`to_metric_families` gives the same families as prometheus_client objects for any other consumer
+of the registry (OpenMetrics, `generate_latest`); a test checks both agree byte for byte.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
-from sqlalchemy import Connection, Subquery, func, select
+from sqlalchemy import Connection, Row, Select, String, cast, func, select, true
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,137 +33,31 @@ from flipwatch.service.core.tables import (
     Model,
     Stream,
 )
-from flipwatch.service.metrics.names import STREAM_LABELS
-
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class FamilySpec:
-    """One per-stream family: labels are STREAM_LABELS plus `extra` when set."""
-
-    name: str
-    documentation: str
-    kind: str = "gauge"  # or "counter" (exposed as <name>_total)
-    extra: str | None = None
-
-
-ACCURACY = FamilySpec(
-    "flipwatch_estimated_accuracy_ratio",
-    "Estimated accuracy (Weighted Flips, no labels) of the stream's latest window.",
-)
-LOWER = FamilySpec(
-    "flipwatch_estimated_accuracy_lower_ratio",
-    "Lower bound of the estimate's prediction interval (90 %: split conformal on the "
-    "calibration's held-out families, widened for small windows).",
-)
-UPPER = FamilySpec(
-    "flipwatch_estimated_accuracy_upper_ratio",
-    "Upper bound of the estimate's prediction interval: alert on it to page only when "
-    "even the optimistic end is below the floor.",
-)
-LABEL_SHIFT = FamilySpec(
-    "flipwatch_label_shift_distance",
-    "Total variation between the window's estimated class proportions (MLLS) and the "
-    "reference set's: a different class mix, not model failure.",
-)
-FLIPS = FamilySpec(
-    "flipwatch_weighted_flips", "Weighted Flips signal of the stream's latest window."
-)
-BASELINES = FamilySpec(
-    "flipwatch_baseline_accuracy_ratio",
-    "Baseline accuracy estimates (AC, DoC, ATC, ATC-NE, COT) of the latest window.",
-    extra="method",
-)
-EMBEDDING = FamilySpec(
-    "flipwatch_embedding_distance",
-    "Embedding distances of the latest window to the reference (frechet, "
-    "centroid_shift) and its post-adaptation silhouette.",
-    extra="kind",
-)
-ALERTS = FamilySpec(
-    "flipwatch_drift_alert",
-    "Drift rule state: 1 firing, 0 not (rules with hysteresis, set through the API).",
-    extra="rule",
-)
-LAST_ESTIMATE = FamilySpec(
-    "flipwatch_last_estimate_timestamp_seconds",
-    "Unix time the stream's most recent estimate was stored.",
-)
-IMAGES = FamilySpec(
-    "flipwatch_images_ingested",
-    "Images accepted into the stream since it was created.",
-    kind="counter",
-)
-JOBS = FamilySpec(
-    "flipwatch_jobs",
-    'Jobs per state: estimate jobs per stream; calibration jobs with stream="".',
-    extra="state",
-)
-SIGNAL = FamilySpec(
-    "flipwatch_estimate_signal_value",
-    "Value of the signal that produced the latest estimate (the calibration's selected "
-    "signal@step, e.g. uf_source@250; bounded: 4 signals x the checkpoints).",
-    extra="signal",
-)
-CALIBRATION_ERROR = FamilySpec(
-    "flipwatch_calibration_error_ratio",
-    "Held-out (leave-one-family-out) mean absolute error of the calibration fit behind "
-    "the latest estimate.",
-    extra="signal",
-)
-USED_FRACTION = FamilySpec(
-    "flipwatch_estimate_used_fraction_ratio",
-    "Share of the latest window's adaptation samples that passed the entropy and "
-    "redundancy filters (0: nothing adapted, the estimate is the clean map's floor).",
-)
-REALIZED = FamilySpec(
-    "flipwatch_realized_accuracy_ratio",
-    "Accuracy measured on posted labels, of the stream's latest window that has one.",
-)
-ESTIMATOR_ERROR = FamilySpec(
-    "flipwatch_estimator_abs_error_ratio",
-    "The estimator's running error on the stream: mean |estimated - realized accuracy| "
-    "over the most recent windows with labels (FLIPWATCH_ESTIMATOR_ERROR_WINDOWS).",
-)
-REALIZED_WINDOWS = FamilySpec(
-    "flipwatch_realized_windows",
-    "Windows behind flipwatch_estimator_abs_error_ratio (at most "
-    "FLIPWATCH_ESTIMATOR_ERROR_WINDOWS).",
-)
-# The exposition order of the families (unchanged since the first collector).
-FAMILIES: tuple[FamilySpec, ...] = (
+from flipwatch.service.metrics.families import (
     ACCURACY,
-    LOWER,
-    UPPER,
-    LABEL_SHIFT,
-    FLIPS,
-    BASELINES,
-    EMBEDDING,
     ALERTS,
-    LAST_ESTIMATE,
+    BASELINES,
+    CALIBRATION_ERROR,
+    EMBEDDING,
+    ESTIMATOR_ERROR,
+    FLIPS,
     IMAGES,
     JOBS,
-    SIGNAL,
-    CALIBRATION_ERROR,
-    USED_FRACTION,
+    LABEL_SHIFT,
+    LAST_ESTIMATE,
+    LOWER,
     REALIZED,
-    ESTIMATOR_ERROR,
     REALIZED_WINDOWS,
+    SIGNAL,
+    UPPER,
+    USED_FRACTION,
+    FamilySamples,
+    StreamSnapshot,
+    to_metric_families,
 )
-# Sample = (index into StreamSnapshot.labels, value of the family's extra label or "", value).
-Sample = tuple[int, str, float]
+from flipwatch.service.metrics.text import render_text
 
-
-@dataclass
-class StreamSnapshot:
-    """What one scrape read: the label sets (stream, model, model_version) and each family's
-    samples pointing at them, so a label set is stored (and escaped) once per stream."""
-
-    labels: list[tuple[str, str, str]] = field(default_factory=list)
-    samples: dict[str, list[Sample]] = field(
-        default_factory=lambda: {spec.name: [] for spec in FAMILIES}
-    )
+log = logging.getLogger(__name__)
 
 
 def read_stream_snapshot(session: Session, *, error_windows: int = 10) -> StreamSnapshot:
@@ -173,24 +65,54 @@ def read_stream_snapshot(session: Session, *, error_windows: int = 10) -> Stream
     with estimates or jobs: models, streams with their latest_estimates row, the newest labeled
     windows (a covering partial index), rules, and job_counts.
 
-    Rows are read at the Core level (no ORM row objects) and appended to local lists: at 10,000
-    streams this loop handles about 270,000 samples per scrape.
+    At 10,000 streams this reads about 52,000 rows into 272,000 samples, so the loop is lean on
+    purpose: rows are read at the Core level and consumed as they arrive (no ORM objects, no list
+    of rows), ids are compared as text (no uuid.UUID objects), and samples go into columns of
+    ints, strings and floats, which the garbage collector does not track (families.py).
     """
     out = StreamSnapshot()
     conn = session.connection()
-    got = {spec.name: out.samples[spec.name].append for spec in FAMILIES}
-    models: dict[uuid.UUID, tuple[str, str]] = {
+    models: dict[str, tuple[str, str]] = {
         model_id: (name, str(version))
-        for model_id, name, version in conn.execute(
-            select(Model.id, Model.name, Model.version)
-        ).all()
+        for model_id, name, version in _rows(
+            conn, select(_text_id(Model.id), Model.name, Model.version)
+        )
     }
-    streams: dict[uuid.UUID, int] = {}
-    rows = conn.execute(
+    labels = out.labels
+    streams: dict[str, int] = {}  # stream id -> index of its label set
+    got = out.samples
+    images, accuracy, flips, last = (
+        _appenders(got[IMAGES.name]),
+        _appenders(got[ACCURACY.name]),
+        _appenders(got[FLIPS.name]),
+        _appenders(got[LAST_ESTIMATE.name]),
+    )
+    interval = (
+        ("lower", _appenders(got[LOWER.name])),
+        ("label_shift", _appenders(got[LABEL_SHIFT.name])),
+        ("upper", _appenders(got[UPPER.name])),
+    )
+    used = _appenders(got[USED_FRACTION.name])
+    baselines, embedding = _appenders(got[BASELINES.name]), _appenders(got[EMBEDDING.name])
+    signal, calibration_error = (
+        _appenders(got[SIGNAL.name]),
+        _appenders(got[CALIBRATION_ERROR.name]),
+    )
+    for (
+        stream_id,
+        name,
+        model_id,
+        images_total,
+        estimated,
+        weighted_flips,
+        series,
+        last_at,
+    ) in _rows(
+        conn,
         select(
-            Stream.id,
+            _text_id(Stream.id),
             Stream.name,
-            Stream.model_id,
+            _text_id(Stream.model_id),
             Stream.images_total,
             LatestEstimate.estimated_accuracy,
             LatestEstimate.weighted_flips,
@@ -198,50 +120,157 @@ def read_stream_snapshot(session: Session, *, error_windows: int = 10) -> Stream
             LatestEstimate.last_estimate_at,
         )
         .outerjoin(LatestEstimate, LatestEstimate.stream_id == Stream.id)
-        .order_by(Stream.name)
-    ).all()
-    images, accuracies, flips_, last = (
-        got[IMAGES.name],
-        got[ACCURACY.name],
-        got[FLIPS.name],
-        got[LAST_ESTIMATE.name],
-    )
-    interval = (
-        ("lower", got[LOWER.name]),
-        ("label_shift", got[LABEL_SHIFT.name]),
-        ("upper", got[UPPER.name]),
-    )
-    baselines, embedding, used = got[BASELINES.name], got[EMBEDDING.name], got[USED_FRACTION.name]
-    signal, calibration_error = got[SIGNAL.name], got[CALIBRATION_ERROR.name]
-    labels = out.labels
-    for stream_id, name, model_id, images_total, accuracy, flips, series, last_at in rows:
-        key = len(labels)
+        .order_by(Stream.name),
+    ):
+        key = streams[stream_id] = len(labels)
         labels.append((name, *models.get(model_id, ("", ""))))
-        streams[stream_id] = key
-        images((key, "", float(images_total)))
-        if accuracy is None:
+        images[0](key), images[2](float(images_total))
+        if estimated is None:
             continue  # no estimate yet
-        accuracies((key, "", float(accuracy)))
-        if flips is not None:
-            flips_((key, "", float(flips)))
+        accuracy[0](key), accuracy[2](float(estimated))
+        if weighted_flips is not None:
+            flips[0](key), flips[2](float(weighted_flips))
         if series is not None:
-            for field_, append in interval:
+            for field_, (keys, _, values) in interval:
                 if field_ in series:
-                    append((key, "", series[field_]))
+                    keys(key), values(float(series[field_]))
             for method, value in series["baselines"].items():
-                baselines((key, method, value))
+                baselines[0](key), baselines[1](method), baselines[2](float(value))
             for kind, value in series["embedding"].items():
-                embedding((key, kind, value))
+                embedding[0](key), embedding[1](kind), embedding[2](float(value))
             if "signal_value" in series:
-                signal((key, series["signal"], series["signal_value"]))
+                signal[0](key), signal[1](series["signal"])
+                signal[2](float(series["signal_value"]))
             if "calibration_mae" in series:
-                calibration_error((key, series["signal"], series["calibration_mae"]))
+                calibration_error[0](key), calibration_error[1](series["signal"])
+                calibration_error[2](float(series["calibration_mae"]))
             if "used_fraction" in series:
-                used((key, "", series["used_fraction"]))
-        last((key, "", _timestamp(last_at)))
+                used[0](key), used[2](float(series["used_fraction"]))
+        last[0](key), last[2](_timestamp(last_at))
 
-    # Realized accuracy: the last `error_windows` windows with labels, per stream (only labeled
-    # estimates are read, through ix_estimates_stream_id_window_index_realized).
+    # Realized accuracy and the estimator's running error: each stream's newest
+    # `error_windows` labeled windows (ix_estimates_stream_id_window_index_realized).
+    realized = _appenders(got[REALIZED.name])
+    estimator_error = _appenders(got[ESTIMATOR_ERROR.name])
+    realized_windows = _appenders(got[REALIZED_WINDOWS.name])
+    for stream_id, latest, total, count in _realized_by_stream(conn, error_windows):
+        key_ = streams.get(stream_id)
+        if key_ is None:
+            continue
+        realized[0](key_), realized[2](latest)  # age 1: the latest labeled window
+        estimator_error[0](key_), estimator_error[2](total / count)
+        realized_windows[0](key_), realized_windows[2](float(count))
+
+    alerts = _appenders(got[ALERTS.name])
+    for stream_id, rule_name, state in _rows(
+        conn,
+        select(_text_id(AlertRule.stream_id), AlertRule.name, AlertRule.state).order_by(
+            AlertRule.name
+        ),
+    ):
+        key_ = streams.get(stream_id)
+        if key_ is not None:
+            alerts[0](key_), alerts[1](rule_name), alerts[2](1.0 if state == "firing" else 0.0)
+
+    # Every stream reports every state, zeros included; calibration jobs (no stream) count
+    # under stream="" and their model, one label set per model in order of appearance.
+    # job_counts is kept by triggers on jobs (tables.JobCount). counts[key * states + state].
+    states = len(JOB_STATES)
+    state_at = {state: at for at, state in enumerate(JOB_STATES)}
+    counts = [0] * (states * len(labels))
+    calibration_keys: dict[tuple[str, str], int] = {}
+    for stream_key, model_id, state, jobs_ in _rows(
+        conn,
+        select(
+            _text_id(JobCount.stream_key),
+            _text_id(JobCount.model_id),
+            JobCount.state,
+            JobCount.jobs,
+        ).where(JobCount.jobs > 0),
+    ):
+        at = state_at.get(state)
+        if at is None:
+            continue  # not a state flipwatch exports
+        key = streams.get(stream_key)
+        if key is None:
+            model = models.get(model_id, ("", ""))
+            key = calibration_keys.get(model)
+            if key is None:
+                key = calibration_keys[model] = len(labels)
+                labels.append(("", *model))
+                counts += [0] * states
+        counts[key * states + at] += jobs_
+    jobs = got[JOBS.name]
+    jobs.keys += [key for key in range(len(labels)) for _ in JOB_STATES]
+    jobs.extras += JOB_STATES * len(labels)
+    jobs.values += [float(count) for count in counts]
+    return out
+
+
+def _rows(conn: Connection, statement: Select[Any]) -> Iterator[Row[Any]]:
+    """The statement's rows, fetched `_CHUNK` at a time: one C-level fetch per chunk instead of
+    psycopg's Python `fetchone` per row, and never every row alive at once (fewer live objects
+    for the garbage collector to walk)."""
+    for chunk in conn.execute(statement).partitions(_CHUNK):
+        yield from chunk
+
+
+_CHUNK = 100
+
+
+def _text_id(column: object) -> object:
+    """An id column read as text: dict keys that hash and compare in C, where uuid.UUID objects
+    would hash in Python and be one more tracked object per row. Every query casts the same way,
+    so keys match on either database (hyphenated on Postgres, 32 hex digits on SQLite)."""
+    return cast(column, String)
+
+
+def _appenders(
+    samples: FamilySamples,
+) -> tuple[Callable[[int], None], Callable[[str], None], Callable[[float], None]]:
+    """The bound `append`s of a family's three columns, for the hot loop."""
+    return samples.keys.append, samples.extras.append, samples.values.append
+
+
+def _realized_by_stream(
+    conn: Connection, error_windows: int
+) -> Iterator[tuple[str, float, float, int]]:
+    """(stream id, realized accuracy of the latest labeled window, sum of |estimated - realized|
+    over its newest `error_windows` labeled windows, how many), per stream with labels.
+
+    Postgres reads, per stream, at most `error_windows` entries of the covering partial index
+    (a LATERAL ... LIMIT, walked backwards), so the cost follows streams, not how many windows
+    ever got labels; it sums in SQL, newest first (`sum(... ORDER BY)` adds one value at a time
+    like Python's `sum`, so the figure is the same to the last bit), one row per stream.
+    Elsewhere (SQLite, embedded and small) a window function numbers the labeled windows and the
+    rows are summed here.
+    """
+    if conn.dialect.name == "postgresql":
+        newest = (
+            select(Estimate.window_index, Estimate.estimated_accuracy, Estimate.realized_accuracy)
+            .where(Estimate.stream_id == Stream.id, Estimate.realized_accuracy.is_not(None))
+            .order_by(Estimate.window_index.desc())
+            .limit(error_windows)
+            .lateral("newest")
+        )
+        newest_first = newest.c.window_index.desc()
+        error = func.abs(newest.c.estimated_accuracy - newest.c.realized_accuracy)
+        for stream, latest, total, count in _rows(
+            conn,
+            select(
+                _text_id(Stream.id),
+                postgresql.array_agg(
+                    postgresql.aggregate_order_by(newest.c.realized_accuracy, newest_first)
+                )[1],
+                func.sum(postgresql.aggregate_order_by(error, newest_first)),
+                func.count(),
+            )
+            .select_from(Stream)
+            .join(newest, true())
+            .group_by(Stream.id),
+        ):
+            yield stream, float(latest), float(total), int(count)
+        return
     recent = (
         select(
             Estimate.stream_id,
@@ -254,165 +283,18 @@ def read_stream_snapshot(session: Session, *, error_windows: int = 10) -> Stream
         .where(Estimate.realized_accuracy.is_not(None))
         .subquery()
     )
-    realized_ = got[REALIZED.name]
-    estimator_error, realized_windows = got[ESTIMATOR_ERROR.name], got[REALIZED_WINDOWS.name]
-    for stream_id, latest, total, count in _realized_by_stream(conn, recent, error_windows):
-        key_ = streams.get(stream_id)
-        if key_ is None:
-            continue
-        realized_((key_, "", latest))  # age 1: the latest labeled window
-        estimator_error((key_, "", total / count))
-        realized_windows((key_, "", float(count)))
-
-    alerts = got[ALERTS.name]
-    for stream_id, rule_name, state in conn.execute(
-        select(AlertRule.stream_id, AlertRule.name, AlertRule.state).order_by(AlertRule.name)
-    ).all():
-        if stream_id in streams:
-            alerts((streams[stream_id], rule_name, float(state == "firing")))
-
-    # Every stream reports every state, zeros included; calibration jobs (no stream) count
-    # under stream="" and their model. job_counts is kept by triggers on jobs (tables.JobCount).
-    counts: dict[int, dict[str, int]] = {key: {} for key in streams.values()}
-    calibration_keys: dict[tuple[str, str], int] = {}
-    for stream_key, model_id, state, count in conn.execute(
-        select(JobCount.stream_key, JobCount.model_id, JobCount.state, JobCount.jobs).where(
-            JobCount.jobs > 0
+    pairs: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for stream, estimated, actual in _rows(
+        conn,
+        select(
+            _text_id(recent.c.stream_id), recent.c.estimated_accuracy, recent.c.realized_accuracy
         )
-    ).all():
-        if stream_key in streams:
-            key = streams[stream_key]
-        else:
-            model = models.get(model_id, ("", ""))
-            if model not in calibration_keys:
-                calibration_keys[model] = len(labels)
-                labels.append(("", *model))
-                counts[calibration_keys[model]] = {}
-            key = calibration_keys[model]
-        counts[key][state] = counts[key].get(state, 0) + count
-    jobs = got[JOBS.name]
-    for key, by_state in counts.items():
-        for state in JOB_STATES:
-            jobs((key, state, float(by_state.get(state, 0))))
-    return out
-
-
-def _realized_by_stream(
-    conn: Connection, recent: Subquery, error_windows: int
-) -> list[tuple[uuid.UUID, float, float, int]]:
-    """(stream id, realized accuracy of the latest labeled window, sum of |estimated - realized|
-    over its newest `error_windows` labeled windows, how many), per stream.
-
-    Postgres sums in SQL, in age order (`sum(... ORDER BY age)` adds one value at a time like
-    Python's `sum`, so the figure is the same to the last bit) and returns one row per stream;
-    elsewhere (SQLite, embedded and small) the rows are summed here.
-    """
-    window = recent.c.age <= error_windows
-    if conn.dialect.name == "postgresql":
-        error = func.abs(recent.c.estimated_accuracy - recent.c.realized_accuracy)
-        return [
-            (stream_id, float(latest), float(total), int(count))
-            for stream_id, latest, total, count in conn.execute(
-                select(
-                    recent.c.stream_id,
-                    func.max(recent.c.realized_accuracy).filter(recent.c.age == 1),
-                    func.sum(postgresql.aggregate_order_by(error, recent.c.age)),
-                    func.count(),
-                )
-                .where(window)
-                .group_by(recent.c.stream_id)
-            ).all()
-        ]
-    pairs: dict[uuid.UUID, list[tuple[float, float]]] = defaultdict(list)
-    for stream_id, estimated, actual in conn.execute(
-        select(recent.c.stream_id, recent.c.estimated_accuracy, recent.c.realized_accuracy)
-        .where(window)
-        .order_by(recent.c.stream_id, recent.c.age)
-    ).all():
-        pairs[stream_id].append((float(estimated), float(actual)))
-    return [
-        (stream_id, found[0][1], sum(abs(e - r) for e, r in found), len(found))
-        for stream_id, found in pairs.items()
-    ]
-
-
-def to_metric_families(snapshot: StreamSnapshot) -> list[Metric]:
-    """The snapshot as prometheus_client families (for `generate_latest`, OpenMetrics)."""
-    families: list[Metric] = []
-    for spec in FAMILIES:
-        labels = (*STREAM_LABELS, spec.extra) if spec.extra else STREAM_LABELS
-        family: Metric = (CounterMetricFamily if spec.kind == "counter" else GaugeMetricFamily)(
-            spec.name, spec.documentation, labels=labels
-        )
-        for key, extra, value in snapshot.samples[spec.name]:
-            values = [*snapshot.labels[key], extra] if spec.extra else list(snapshot.labels[key])
-            family.add_metric(values, value)
-        families.append(family)
-    return families
-
-
-def read_stream_metrics(session: Session, *, error_windows: int = 10) -> list[Metric]:
-    """Every per-stream family as prometheus_client objects."""
-    return to_metric_families(read_stream_snapshot(session, error_windows=error_windows))
-
-
-def render_text(snapshot: StreamSnapshot) -> str:
-    """The Prometheus text format (0.0.4) of the snapshot, byte for byte what `generate_latest`
-    writes for `to_metric_families(snapshot)`: labels sorted by name, the same escaping and
-    float formatting, but each stream's label pairs escaped once for all its series."""
-    base = sorted(STREAM_LABELS)
-    escaped = [
-        [
-            f'{name}="{_escape(value)}"'
-            for name, value in sorted(zip(STREAM_LABELS, labels, strict=True))
-        ]
-        for labels in snapshot.labels
-    ]
-    extras: dict[str, str] = {}  # escaped values of the extra labels (few distinct ones)
-    # Each stream's labels around the extra one, by where it sorts in: "name{head" + "tail}".
-    joined: dict[int, tuple[list[str], list[str]]] = {}
-    plain = [",".join(pairs) for pairs in escaped]
-    out: list[str] = []
-    for spec in FAMILIES:
-        name = f"{spec.name}_total" if spec.kind == "counter" else spec.name
-        out.append(f"# HELP {name} {_escape_help(spec.documentation)}\n")
-        out.append(f"# TYPE {name} {spec.kind}\n")
-        samples = snapshot.samples[spec.name]
-        if spec.extra is None:
-            out.extend(f"{name}{{{plain[k]}}} {_go(v)}\n" for k, _, v in samples)
-            continue
-        at = sum(label < spec.extra for label in base)
-        if at not in joined:
-            joined[at] = (
-                [",".join(pairs[:at]) + ("," if at else "") for pairs in escaped],
-                [(",".join(["", *pairs[at:]]) if at < len(base) else "") for pairs in escaped],
-            )
-        heads, tails = joined[at]
-        extra = spec.extra
-        extras.clear()  # keyed by value only: the label name changes with the family
-        for key, value_of_extra, value in samples:
-            quoted = extras.get(value_of_extra)
-            if quoted is None:
-                quoted = extras[value_of_extra] = f'{extra}="{_escape(value_of_extra)}"'
-            out.append(f"{name}{{{heads[key]}{quoted}{tails[key]}}} {_go(value)}\n")
-    return "".join(out)
-
-
-def _go(value: float) -> str:
-    """floatToGoString, with its common case (a finite float under 1e6: plain repr) inline."""
-    return repr(value) if -_INF < value < 1e6 else floatToGoString(value)
-
-
-_INF = float("inf")
-
-
-def _escape(value: str) -> str:
-    """A label value as the text format quotes it (backslash, newline, double quote)."""
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", r"\\").replace("\n", r"\n")
+        .where(recent.c.age <= error_windows)
+        .order_by(recent.c.stream_id, recent.c.age),
+    ):
+        pairs[stream].append((float(estimated), float(actual)))
+    for stream, found in pairs.items():
+        yield stream, found[0][1], sum(abs(e - r) for e, r in found), len(found)
 
 
 def _timestamp(value: datetime | None) -> float:

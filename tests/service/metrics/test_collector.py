@@ -9,14 +9,21 @@ from collections import Counter
 from datetime import timedelta
 
 from prometheus_client import generate_latest
+from prometheus_client.openmetrics.exposition import (
+    generate_latest as openmetrics_generate_latest,
+)
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from flipwatch.service.core.tables import JOB_STATES, AlertRule, Estimate, Job, Model, Stream
 from flipwatch.service.estimate.service import stored_result
-from flipwatch.service.metrics.collector import read_stream_snapshot, render_text
+from flipwatch.service.metrics.collector import read_stream_snapshot
 from flipwatch.service.metrics.http import ApiMetrics
+from flipwatch.service.metrics.text import render_text
 from tests.factories import (
     estimate_result,
     make_alert_rule,
@@ -41,6 +48,17 @@ def samples_of(text: str) -> Counter[SampleKey]:
     """Per-stream samples as a multiset (order-free; HTTP and database_up families left out)."""
     out: Counter[SampleKey] = Counter()
     for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith(("flipwatch_http_", "flipwatch_database_up")):
+                continue
+            out[(sample.name, frozenset(sample.labels.items()), sample.value)] += 1
+    return out
+
+
+def openmetrics_samples_of(text: str) -> Counter[SampleKey]:
+    """`samples_of` for the OpenMetrics format (which adds _created samples to the counters)."""
+    out: Counter[SampleKey] = Counter()
+    for family in openmetrics_families(text):
         for sample in family.samples:
             if sample.name.startswith(("flipwatch_http_", "flipwatch_database_up")):
                 continue
@@ -187,6 +205,16 @@ def test_fast_text_is_byte_for_byte_what_generate_latest_writes(any_session: Ses
     metrics = metrics_on(any_session)
 
     assert metrics.exposition() == generate_latest(metrics.registry)
+
+
+def test_openmetrics_consumers_of_the_registry_get_the_same_samples(any_session: Session) -> None:
+    varied_streams(any_session)
+    metrics = metrics_on(any_session)
+
+    openmetrics = openmetrics_generate_latest(metrics.registry).decode()
+
+    assert openmetrics.endswith("# EOF\n")
+    assert openmetrics_samples_of(openmetrics) == samples_of(metrics.exposition().decode())
 
 
 def test_render_text_of_an_empty_database_has_every_family_and_no_samples(
