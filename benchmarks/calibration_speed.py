@@ -9,10 +9,14 @@ steps, the default suite unless `--families`/`--severities` say otherwise):
 - `fast-processes`: the fast path in `--processes` single-threaded processes (the CLI default on
   CPU: one per core);
 - `fast-grouped`: the fast path with `--group` variants per grouped computation (the CUDA way),
-  timed on the variant measurements of `variants.measure_variants` plus the fit.
+  timed on the corruption variants' measurements under the default setting only (no class
+  mixes, extra settings or window features) plus a single-signal fit: it compares grouping, it is
+  not a whole calibration.
 
-Prints ONE JSON object: seconds per mode, variants, speed-ups against `plain`, the selected fit
-and its held-out (leave-one-family-out) error per mode, load average, hardware and versions.
+Every other mode is a whole `calibrate()` with its defaults (class mixes, spread variants, every
+trajectory setting of `DEFAULT_SETTINGS`, the selection and its nested run). Prints ONE JSON
+object: seconds per mode, trajectories, speed-ups against `plain`, the selected estimator and
+its held-out error (nested leave-one-family-out) per mode, load average, hardware and versions.
 
     python benchmarks/calibration_speed.py [--modes plain,fast,fast-processes,fast-grouped]
         [--device cpu|cuda] [--processes N] [--group 4] [--families a,b] [--severities 2,4]
@@ -36,8 +40,9 @@ from benchmarks._env import environment  # noqa: E402
 from flipwatch.demos.data import demo_splits, ensure_demo_model  # noqa: E402
 from flipwatch.workers.estimation import EstimateConfig, calibrate, load_model  # noqa: E402
 from flipwatch.workers.estimation.baselines import BaselineReference  # noqa: E402
-from flipwatch.workers.estimation.calibration import fit_points  # noqa: E402
+from flipwatch.workers.estimation.calibration import DEFAULT_SETTINGS, fit_points  # noqa: E402
 from flipwatch.workers.estimation.calibration_result import fit_rank  # noqa: E402
+from flipwatch.workers.estimation.families import DEFAULT_CLASS_MIXES  # noqa: E402
 from flipwatch.workers.estimation.trajectory import predict, resolve_device  # noqa: E402
 from flipwatch.workers.estimation.variants import (  # noqa: E402
     DEFAULT_SEVERITIES,
@@ -91,10 +96,11 @@ def main() -> None:
         cfg = replace(config, fast=not mode.startswith("plain"))
         started = time.perf_counter()
         if mode == "fast-grouped":
-            selected, variants = grouped(
+            fit, variants = grouped(
                 model, ref.images, ref.labels, spec=spec, config=cfg, device=device,
                 families=families, severities=severities, group=args.group,
             )  # fmt: skip
+            selected, selected_mae = fit.key, fit.mae
         else:
             calibration = calibrate(
                 model,
@@ -107,15 +113,16 @@ def main() -> None:
                 severities=severities,
                 processes=args.processes if mode.endswith("-processes") else 1,
             )
-            selected = calibration.fit(calibration.selected)
-            variants = len(calibration.points)
+            selected = calibration.selected_estimator.describe()
+            selected_mae = calibration.selected_mae
+            variants = len(calibration.points) * len(calibration.settings)
         seconds = time.perf_counter() - started
         runs[mode] = {
             "seconds": round(seconds, 2),
-            "variants": variants,
-            "seconds_per_variant": round(seconds / variants, 3),
-            "selected": selected.key,
-            "selected_lofo_mae_points": round(100 * (selected.mae or 0.0), 2),
+            "trajectories": variants,
+            "seconds_per_trajectory": round(seconds / variants, 3),
+            "selected": selected,
+            "selected_mae_points": round(100 * (selected_mae or 0.0), 2),
             "load_average_after": os.getloadavg(),
         }
         print(f"{mode}: {seconds:.1f} s", file=sys.stderr)
@@ -130,6 +137,8 @@ def main() -> None:
                     "families": families or "all 17",
                     "severities": severities,
                     "mixes": False,
+                    "class_mixes": DEFAULT_CLASS_MIXES,
+                    "extra_settings": [st.name for st in DEFAULT_SETTINGS],
                 },
                 "steps": args.steps,
                 "processes": args.processes,

@@ -23,8 +23,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from flipwatch.workers.estimation.calibration import (  # noqa: E402
-    DEFAULT_SETTINGS,
     INTERVAL_LEVEL,
+    LR_GRID,
     is_spread_point,
     selection_table,
 )
@@ -40,9 +40,12 @@ def load_points(folder: Path) -> list[CalibrationPoint]:
         points[path.name.removesuffix("-default.json")] = CalibrationPoint.from_dict(
             json.loads(path.read_text())
         )
-    for setting in DEFAULT_SETTINGS:
+    for setting in LR_GRID:  # whichever grid settings the run measured
         for key, point in points.items():
-            other = json.loads((folder / f"{key}-{setting.name}.json").read_text())
+            path = folder / f"{key}-{setting.name}.json"
+            if not path.exists():
+                continue
+            other = json.loads(path.read_text())
             merged = dict(point.signals)
             for signal, by_step in CalibrationPoint.from_dict(other).signals.items():
                 merged[f"{signal}~{setting.name}"] = by_step

@@ -41,10 +41,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cal.add_argument("--out", type=Path, required=True, help="where to write the calibration JSON")
     cal.add_argument("--families", help="comma-separated corruption families (default: all)")
     cal.add_argument(
-        "--severities", help="comma-separated severities 1..5 (default: 2,4, the measured suite)"
+        "--severities", help="comma-separated severities 1..5 (default: 2,3,4, the measured suite)"
     )
     cal.add_argument(
         "--mixes", action="store_true", help="add a half-corrupted mix per family (off by default)"
+    )
+    cal.add_argument(
+        "--class-mixes",
+        choices=["all", "clean", "none"],
+        default="all",
+        help="skewed class-mix variants: of the clean set and each family (default), of the clean "
+        "set only, or none",
+    )
+    cal.add_argument(
+        "--lr-grid",
+        action="store_true",
+        help="also measure every variant under the learning-rate/batch grid (2.25x the cost)",
     )
     cal.add_argument(
         "--processes",
@@ -179,9 +191,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
         read_spec,
         resolve_device,
     )
+    from flipwatch.workers.estimation.calibration import LR_GRID
 
     families = [f.strip() for f in args.families.split(",")] if args.families else None
-    suite: dict[str, object] = {"mixes": args.mixes}
+    suite: dict[str, object] = {"mixes": args.mixes, "class_mixes": args.class_mixes}
     if args.severities:
         try:
             suite["severities"] = [int(s) for s in args.severities.split(",") if s.strip()]
@@ -197,7 +210,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     spec = read_spec(args.model)
     model = load_model(spec)
     images, labels, _classes = load_labeled_folder(args.labeled, spec)
-    with progress_bar("calibrating", "variant") as progress:
+    with progress_bar("calibrating", "trajectory") as progress:
         calibration = calibrate(
             model,
             images,
@@ -208,6 +221,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
             progress=progress,
             families=families,
             processes=processes,
+            settings=LR_GRID if args.lr_grid else (),
             **suite,  # type: ignore[arg-type]
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,13 +23,15 @@ class JobLink(BaseModel):
 
 
 class JobProgress(BaseModel):
-    """Estimate jobs count adaptation steps; calibrate jobs count shifted variants measured."""
+    """Estimate jobs count adaptation steps; calibrate jobs count trajectories measured (one per
+    shifted variant and trajectory setting: one per variant unless the learning-rate grid is on)."""
 
     steps_done: int
     steps_total: int
     fraction: float
     unit: Literal["step", "variant"] = Field(
-        description="What steps count: adaptation steps (estimate) or variants (calibrate)."
+        description="What steps count: adaptation steps (estimate) or variant trajectories "
+        "(calibrate: one per shifted variant and trajectory setting)."
     )
     eta_seconds: float | None = Field(
         default=None,

@@ -185,6 +185,7 @@ def test_calibrate_writes_a_calibration_that_estimate_reads(
             "--severities",
             "1,2,3,4,5",
             "--mixes",
+            "--lr-grid",
             "--processes",
             "1",
             "--json",
@@ -197,6 +198,7 @@ def test_calibrate_writes_a_calibration_that_estimate_reads(
     assert summary["variants"] == 1 + 2 * 5 + 2 + 3 + 2 + 3
     calibration = Calibration.from_dict(json.loads(out.read_text()))
     assert calibration.selected == summary["selected"]
+    assert [s.name for s in calibration.settings] == ["", "lr2e-3", "lr2e-3b16"]  # --lr-grid
     assert {f.key for f in calibration.fits} >= {"wf_source@0", "wf@4", "uf_source@4"}
 
 

@@ -57,7 +57,7 @@ def calibration(model_and_spec, splits) -> Calibration:
         families=FAMILIES,
         severities=(2, 4),
         settings=(),
-        class_mixes=False,
+        class_mixes="none",
     )
 
 

@@ -6,6 +6,7 @@ import torch
 
 from flipwatch.workers.estimation import EstimateConfig, calibrate
 from flipwatch.workers.estimation.calibration import (
+    LR_GRID,
     calibration_tasks,
     fit_points,
     leave_one_group_out_mae,
@@ -65,7 +66,8 @@ class TestCalibrate:
             config=CONFIG,
             families=["contrast"],
             severities=(2, 4),
-            class_mixes=False,  # the corruption suite and the spread subsets only
+            class_mixes="none",  # the corruption suite and the spread subsets only
+            settings=LR_GRID,
             progress=lambda done, total: seen.append((done, total)),
         )
         assert [(p.family, p.severity, p.mixed, p.subset) for p in calibration.points] == [
@@ -102,10 +104,10 @@ def test_a_suite_too_small_to_score_is_refused_naming_the_fix():
     assert len(calibration_variants(["contrast"], (3,), mixes=True)) == 3
 
 
-def test_default_suite_is_every_family_at_severities_two_and_four_without_mixes():
+def test_default_suite_is_every_family_at_severities_two_to_four_without_mixes():
     variants = calibration_variants()
-    assert len(variants) == 1 + 17 * 2
-    assert {severity for _, severity, _ in variants[1:]} == {2, 4}
+    assert len(variants) == 1 + 17 * 3
+    assert {severity for _, severity, _ in variants[1:]} == {2, 3, 4}
     assert not any(mixed for _, _, mixed in variants)
 
 
@@ -113,7 +115,7 @@ def _task_keys(tasks: list) -> list[tuple[str, int, bool, str | None]]:
     return [(t.family, t.severity, t.mixed, t.subset) for t in tasks]
 
 
-def test_default_tasks_hold_the_skewed_class_mixes_and_mixes_adds_a_half_corrupted_variant():
+def test_default_tasks_hold_every_class_mix_and_mixes_adds_a_half_corrupted_variant():
     # Regression: after the speed/quality merge `mixes` (the half-corrupted variant per family,
     # off by default) also switched the class-mix variants off, so no default calibration
     # measured a skewed class mix and `--mixes` added class mixes instead of half mixes.
@@ -124,10 +126,12 @@ def test_default_tasks_hold_the_skewed_class_mixes_and_mixes_adds_a_half_corrupt
         ("fog", 2, False, None),
         ("fog", 4, False, None),
     ]
-    class_mix = [
+    clean_mixes = [
         ("clean", 0, False, "three"),
         ("clean", 0, False, "dominant"),
         ("clean", 0, False, "longtail"),
+    ]
+    family_mixes = [
         ("contrast", 4, False, "three"),
         ("fog", 4, False, "dominant"),
     ]
@@ -138,7 +142,7 @@ def test_default_tasks_hold_the_skewed_class_mixes_and_mixes_adds_a_half_corrupt
     ]
     families = ["contrast", "fog"]
     assert _task_keys(calibration_tasks(families, (2, 4), seed=0)) == (
-        corruption + class_mix + spread
+        corruption + clean_mixes + family_mixes + spread
     )
     half = [
         ("clean", 0, False, None),
@@ -150,14 +154,24 @@ def test_default_tasks_hold_the_skewed_class_mixes_and_mixes_adds_a_half_corrupt
         ("fog", 4, True, None),
     ]
     assert _task_keys(calibration_tasks(families, (2, 4), seed=0, mixes=True)) == (
-        half + class_mix + spread
+        half + clean_mixes + family_mixes + spread
     )
-    assert _task_keys(calibration_tasks(families, (2, 4), seed=0, class_mixes=False)) == (
+    assert _task_keys(calibration_tasks(families, (2, 4), seed=0, class_mixes="clean")) == (
+        corruption + clean_mixes + spread
+    )
+    assert _task_keys(calibration_tasks(families, (2, 4), seed=0, class_mixes="none")) == (
         corruption + spread
     )
 
 
-def test_a_default_calibration_measures_the_skewed_class_mixes(tiny_model, tiny_spec, tiny_images):
+def test_an_unknown_class_mix_choice_is_refused():
+    with pytest.raises(ValueError, match="class_mixes must be one of"):
+        calibration_tasks(["fog"], (2, 4), seed=0, class_mixes="some")  # type: ignore[arg-type]
+
+
+def test_a_default_calibration_is_severities_2_to_4_with_every_class_mix_and_no_grid(
+    tiny_model, tiny_spec, tiny_images
+):
     labels = torch.arange(len(tiny_images)) % 10
     calibration = calibrate(
         tiny_model, tiny_images, labels, spec=tiny_spec, config=CONFIG, families=["contrast"]
@@ -165,14 +179,17 @@ def test_a_default_calibration_measures_the_skewed_class_mixes(tiny_model, tiny_
     assert [(p.family, p.severity, p.mixed, p.subset) for p in calibration.points] == [
         ("clean", 0, False, None),
         ("contrast", 2, False, None),
+        ("contrast", 3, False, None),
         ("contrast", 4, False, None),
         ("clean", 0, False, "three"),
         ("clean", 0, False, "dominant"),
         ("clean", 0, False, "longtail"),
-        ("contrast", 4, False, "three"),
+        ("contrast", 3, False, "three"),
         ("clean", 0, False, "balanced:128"),
-        ("contrast", 4, False, "balanced:128"),
+        ("contrast", 3, False, "balanced:128"),
     ]
+    assert [s.name for s in calibration.settings] == [""]  # the default setting only
+    assert not any("~" in signal for p in calibration.points for signal in p.signals)
 
 
 @pytest.mark.slow
@@ -182,7 +199,11 @@ def test_parallel_processes_measure_exactly_what_a_sequential_run_does(
     labels = torch.arange(len(tiny_images)) % 10
     config = EstimateConfig(steps=4, checkpoints=(0, 4), probe_size=200, epsilon=1.0)
     kwargs = dict(
-        spec=tiny_spec, config=config, families=["contrast", "fog"], severities=(2,), mixes=True
+        spec=tiny_spec,
+        config=config,
+        families=["contrast", "fog"],
+        severities=(2,),
+        mixes=True,
     )
     # Worker processes run one thread each; the sequential run does too, so that both reduce
     # floats in the same order (another thread count flips a few borderline predictions).

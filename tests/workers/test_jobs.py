@@ -681,9 +681,9 @@ def test_calibrate_job_stores_a_calibration_that_estimates_use(
     assert outcome is jobs.JobOutcome.SUCCEEDED
     finished = load_job(session_factory, job_id)
     assert finished.state == "succeeded"
-    # 10 variants x 3 trajectory settings: clean, noise 2 and 4, a half-corrupted mix; clean in
-    # 3 skewed class mixes and noise in one; 2 subsampled spread variants (clean, noise)
-    assert finished.steps_done == finished.steps_total == (4 + 4 + 2) * 3
+    # 10 trajectories (the default setting only): clean, noise 2 and 4, a half-corrupted mix;
+    # clean in 3 skewed class mixes and noise in one; 2 subsampled spread variants (clean, noise)
+    assert finished.steps_done == finished.steps_total == 4 + 4 + 2
     with session_factory() as session:
         stored = session.get(Calibration, calibration_id)
         assert stored is not None

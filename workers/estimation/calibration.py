@@ -33,6 +33,11 @@ from flipwatch.workers.estimation.class_mix import MIX_KINDS
 from flipwatch.workers.estimation.config import EstimateConfig
 from flipwatch.workers.estimation.conformal import conformal_quantile
 from flipwatch.workers.estimation.embeddings import feature_stats
+from flipwatch.workers.estimation.families import (
+    CLASS_MIX_CHOICES,
+    DEFAULT_CLASS_MIXES,
+    ClassMixes,
+)
 from flipwatch.workers.estimation.features import DEFAULT_SETTING, TrajectorySetting, row_features
 from flipwatch.workers.estimation.flips import fit_monotone_quadratic
 from flipwatch.workers.estimation.label_shift import confusion_matrix
@@ -51,13 +56,16 @@ from flipwatch.workers.estimation.variants import (
 )
 from flipwatch.workers.estimation.window_features import ReferenceSet, measure_window
 
-# Extra trajectory settings measured beside the default (config.lr, config.batch_size). On both
-# benchmark models an 8x larger learning rate made the trajectory beat step 0 (README "Signals");
-# batches of 16 cost a quarter of a step and did as well.
-DEFAULT_SETTINGS: tuple[TrajectorySetting, ...] = (
+# The learning-rate/batch grid: trajectory settings a calibration may measure beside the default
+# (config.lr, config.batch_size), sharing the decoded variants. Off by default: on both benchmark
+# models the trajectory under these settings did not lower the held-out error enough to pay for
+# the trajectories it costs (`benchmarks/calibration_suite.py`, README "Signals").
+LR_GRID: tuple[TrajectorySetting, ...] = (
     TrajectorySetting("lr2e-3", 2e-3, 64),
     TrajectorySetting("lr2e-3b16", 2e-3, 16),
 )
+DEFAULT_SETTINGS: tuple[TrajectorySetting, ...] = ()
+
 SPREAD_SUBSET = "balanced:128"  # subsampled variants that measure the small-window spread
 SPREAD_VARIANTS = 4
 INTERVAL_LEVEL = 0.9
@@ -156,11 +164,14 @@ def calibration_tasks(
     *,
     seed: int,
     mixes: bool = DEFAULT_MIXES,
-    class_mixes: bool = True,
+    class_mixes: ClassMixes = DEFAULT_CLASS_MIXES,
 ) -> list[VariantTask]:
     """Corruption variants (with `mixes`, a half-corrupted mix per family), skewed class mixes
-    (with `class_mixes`: clean in each kind, and each family at its middle severity in a kind by
-    turn) and a few subsampled variants for the small-window spread."""
+    (`class_mixes`: "clean" = the clean set in each kind; "all" = also each family at its middle
+    severity in a kind by turn; "none") and a few subsampled variants for the small-window
+    spread."""
+    if class_mixes not in CLASS_MIX_CHOICES:
+        raise ValueError(f"class_mixes must be one of {CLASS_MIX_CHOICES}, got {class_mixes!r}")
     variants = calibration_variants(families, severities, mixes=mixes)
     tasks = [
         VariantTask(family, severity, mixed, seed=seed + index)
@@ -169,12 +180,13 @@ def calibration_tasks(
     shifted = [f for f, _, mixed in variants if f != CLEAN and not mixed]
     fams = list(dict.fromkeys(shifted))
     middle = sorted(severities)[len(severities) // 2]
-    if class_mixes:
-        skewed = [k for k in MIX_KINDS if k != "balanced"]
+    skewed = [k for k in MIX_KINDS if k != "balanced"]
+    if class_mixes != "none":
         tasks += [
             VariantTask(CLEAN, 0, False, seed=seed + 10_000 + i, subset=kind)
             for i, kind in enumerate(skewed)
         ]
+    if class_mixes == "all":
         tasks += [
             VariantTask(f, middle, False, seed=seed + 10_100 + i, subset=skewed[i % len(skewed)])
             for i, f in enumerate(fams)
@@ -400,19 +412,20 @@ def calibrate(
     processes: int = 1,
     settings: Sequence[TrajectorySetting] = DEFAULT_SETTINGS,
     mixes: bool = DEFAULT_MIXES,
-    class_mixes: bool = True,
+    class_mixes: ClassMixes = DEFAULT_CLASS_MIXES,
     cache: Path | None = None,
 ) -> Calibration:
     """Fit this model's calibration from a labeled reference set, uint8 (N, C, H, W) + (N,) labels.
 
-    `progress(done, total)` counts measured trajectories. The reference set is shuffled with the
-    seed first: a class-sorted folder would otherwise give single-class probe chunks
-    (offline-data.md). `processes` > 1 measures variants in that many single-threaded CPU
-    processes; the points are identical to a sequential run. On CUDA the fast path groups
-    variants (`measure_variants`). `settings` are the extra trajectory
-    settings measured beside the default; `mixes` adds a half-corrupted mix per family;
-    `class_mixes` (on by default) adds the skewed class-mix variants that teach the estimator to
-    tell a different class mix from a shift; `cache` (a folder) keeps measured points.
+    `progress(done, total)` counts measured trajectories (variants × settings). The reference
+    set is shuffled with the seed first: a class-sorted folder would otherwise give single-class
+    probe chunks (offline-data.md). `processes` > 1 measures variants in that many
+    single-threaded CPU processes; the points are identical to a sequential run. On CUDA the
+    fast path groups variants (`measure_variants`). `settings` are extra trajectory settings
+    measured beside the default (none by default; `LR_GRID` is the measured grid); `mixes` adds
+    a half-corrupted mix per family; `class_mixes` picks the skewed class-mix variants that teach
+    the estimator to tell a different class mix from a shift; `cache` (a folder) keeps measured
+    points.
     """
     device = resolve_device(device)
     if len(images) != len(labels):
@@ -456,7 +469,11 @@ def calibrate(
 
 
 __all__ = [
+    "CLASS_MIX_CHOICES",
+    "DEFAULT_CLASS_MIXES",
     "DEFAULT_SETTINGS",
+    "LR_GRID",
+    "ClassMixes",
     "baseline_errors",
     "calibrate",
     "calibration_from_points",

@@ -1,10 +1,12 @@
-"""Names of the calibration suite's corruption families and severities (torch-free).
+"""The calibration suite's vocabulary: corruption families, severities, class mixes (torch-free).
 
 The API validates requested families against these without importing the estimator; the
 functions themselves live in `corruptions.py`, which checks that it implements exactly these.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 FAMILIES: tuple[str, ...] = (
     "gaussian_noise",
@@ -27,3 +29,20 @@ FAMILIES: tuple[str, ...] = (
 )
 
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
+
+# The default suite: every family at severities 2, 3 and 4, no half mixes, plus clean (52
+# variants for the 17 families); calibration adds every skewed class-mix variant (20) and the 4
+# spread subsets: 76 trajectories, under the default trajectory setting only.
+# `benchmarks/calibration_suite.py` scored 60 subsets of a measured superset (severities 2-4, class
+# mixes, the learning-rate grid) on the held-out sets and skewed class-mix windows of two
+# architectures: this was the cheapest suite within 0.3 points of the former default (severities
+# 2 and 4, every class mix, the grid: 177 trajectories) on both kinds of window and both models,
+# at 43 % of its trajectories (README, Performance).
+DEFAULT_SEVERITIES: tuple[int, ...] = (2, 3, 4)
+
+# Which skewed class-mix variants a suite measures: "all" (the clean set in each skewed kind and
+# each family at its middle severity in a kind by turn, the default), "clean" (the clean set
+# only) or "none".
+ClassMixes = Literal["all", "clean", "none"]
+CLASS_MIX_CHOICES: tuple[ClassMixes, ...] = ("all", "clean", "none")
+DEFAULT_CLASS_MIXES: ClassMixes = "all"

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from flipwatch.workers.estimation.baselines import BaselineReference, baseline_estimates_for
 from flipwatch.workers.estimation.config import EstimateConfig
 from flipwatch.workers.estimation.corruptions import CORRUPTIONS, corrupt
+from flipwatch.workers.estimation.families import DEFAULT_SEVERITIES
 from flipwatch.workers.estimation.spec import ModelSpec
 from flipwatch.workers.estimation.trajectory import Trajectory, predict, run_trajectory
 
@@ -71,11 +72,6 @@ class CalibrationPoint:
         )
 
 
-# The default suite: every family at severities 2 and 4, no mixes, plus clean (35 variants for
-# the 17 families). Measured on the demo model against the former default (severities 1-5 and a
-# mix per family, 103 variants): held-out error 2.46 vs 3.97 points on the 7 demo sets, error
-# over all 103 variants 2.76 vs 3.06, at a third of the cost (README, Performance).
-DEFAULT_SEVERITIES = (2, 4)
 DEFAULT_MIXES = False
 
 

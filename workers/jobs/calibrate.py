@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import update
@@ -17,6 +17,11 @@ from sqlalchemy import update
 from flipwatch.service.core import storage
 from flipwatch.service.core.settings import Settings
 from flipwatch.service.core.tables import Calibration, Job, Model, utcnow
+from flipwatch.workers.estimation.families import (
+    DEFAULT_CLASS_MIXES,
+    DEFAULT_SEVERITIES,
+    ClassMixes,
+)
 from flipwatch.workers.jobs.failures import UserError
 from flipwatch.workers.jobs.lifecycle import (
     Claim,
@@ -37,15 +42,18 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class CalibrationSuite:
     """Which shifted variants a calibrate job measures: families x severities (+ a mix each with
-    `mixes`).
+    `mixes`), the skewed class mixes, and whether under the learning-rate grid too.
 
-    The default is the estimator's default suite: all 17 families x severities 2 and 4, 35
-    trajectories. Tests and small CPU deployments pass a few families to finish in seconds.
+    The default is the estimator's default suite: all 17 families at severities 2, 3 and 4 with
+    every class mix, 76 trajectories. Tests and small CPU deployments pass a few families to
+    finish in seconds.
     """
 
     families: tuple[str, ...] | None = None
-    severities: tuple[int, ...] = (2, 4)
+    severities: tuple[int, ...] = DEFAULT_SEVERITIES
     mixes: bool = False
+    class_mixes: ClassMixes = DEFAULT_CLASS_MIXES
+    lr_grid: bool = False
 
 
 def suite_for(
@@ -57,11 +65,13 @@ def suite_for(
         families=None if families is None else tuple(families),
         severities=tuple(settings.calibration_severities),
         mixes=settings.calibration_mixes,
+        class_mixes=settings.calibration_class_mixes,
+        lr_grid=settings.calibration_lr_grid,
     )
-    return CalibrationSuite(
+    return replace(
+        base,
         families=tuple(options["families"]) if options.get("families") else base.families,
         severities=tuple(options["severities"]) if options.get("severities") else base.severities,
-        mixes=base.mixes,
     )
 
 
@@ -76,6 +86,7 @@ def run_calibrate(
     slots: DeviceSlots | None = None,
 ) -> JobOutcome:
     from flipwatch.workers.estimation import EstimateConfig, calibrate, load_labeled_folder
+    from flipwatch.workers.estimation.calibration import LR_GRID
 
     with session_factory() as session:
         job = session.get(Job, claim.job_id)
@@ -121,13 +132,18 @@ def run_calibrate(
             severities=suite.severities,
             processes=settings.calibration_processes,
             mixes=suite.mixes,
+            class_mixes=suite.class_mixes,
+            settings=LR_GRID if suite.lr_grid else (),
         )
         seconds = time.perf_counter() - started
     if metrics is not None:
         metrics.job_finished(
             "calibrate",
             seconds=seconds,
-            adapted_images=len(fitted.points) * config.steps * config.batch_size,
+            adapted_images=sum(
+                len(fitted.points) * config.steps * setting.batch_size
+                for setting in fitted.settings
+            ),
             peak_memory_bytes=usage.peak_memory_bytes,
             device=str(device),
         )

@@ -48,7 +48,7 @@ def create_calibration(
         str | None, Form(description="comma-separated corruption families (default: all 17)")
     ] = None,
     severities: Annotated[
-        str | None, Form(description="comma-separated severities 1..5 (default: 2,4)")
+        str | None, Form(description="comma-separated severities 1..5 (default: 2,3,4)")
     ] = None,
 ) -> CalibrationRead:
     """Queue a calibration from a labeled reference set; poll the job or the calibration."""
