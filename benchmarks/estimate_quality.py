@@ -2,8 +2,9 @@
 
 For each model (the demo BN-CNN, and `mnist_resnet` from the zoo trained on the same 3,000 MNIST
 images) this runs the real `calibrate()` on the demo's labeled reference split with the default
-suite (as `flipwatch calibrate` would: every corruption family at severities 2 and 4, the skewed
-class mixes, the default learning-rate/batch grid), then reports, all in accuracy points:
+suite (as `flipwatch calibrate` would: every corruption family at severities 2, 3 and 4, the
+skewed class mixes; `--lr-grid` adds the learning-rate/batch grid), then reports, all in accuracy
+points:
 
 - nested leave-one-family-out MAE (the calibration's own outer loop, `nested_selection`) of the
   selected estimator; of every single flip signal (its best checkpoint and trajectory setting,
@@ -54,6 +55,7 @@ from flipwatch.demos.data import demo_splits  # noqa: E402
 from flipwatch.demos.offline import demo_sets  # noqa: E402
 from flipwatch.workers.estimation import EstimateConfig, calibrate, estimate, load_model  # noqa: E402
 from flipwatch.workers.estimation.calibration import (  # noqa: E402
+    LR_GRID,
     measure_points,
     point_row,
     selection_table,
@@ -341,6 +343,7 @@ def run_model(key: str, args: argparse.Namespace, device: torch.device) -> dict[
     config = EstimateConfig(steps=args.steps)
     weights = hashlib.sha256(Path(spec.weights or "").read_bytes()).hexdigest()[:12]
     suite_key = f"{args.families or 'all'}/{args.severities or 'default'}"
+    suite_key += "/grid" if args.lr_grid else ""
     suite = hashlib.sha256(suite_key.encode()).hexdigest()[:8]
     points_cache = (
         args.points_cache / f"{key}-{weights}-s{args.steps}-{suite}" if args.points_cache else None
@@ -358,6 +361,7 @@ def run_model(key: str, args: argparse.Namespace, device: torch.device) -> dict[
         families=args.families.split(",") if args.families else None,
         **({"severities": tuple(args.severities)} if args.severities else {}),
         cache=points_cache,
+        settings=LR_GRID if args.lr_grid else (),
         log=lambda line: log(f"[{key}]   {line}"),
     )
     calibration_seconds = time.perf_counter() - started
@@ -523,7 +527,11 @@ def run_model(key: str, args: argparse.Namespace, device: torch.device) -> dict[
         "architecture": MODELS[key],
         "spec_name": spec.name,
         "steps": args.steps,
-        "suite": {"families": args.families or "all", "severities": args.severities or "default"},
+        "suite": {
+            "families": args.families or "all",
+            "severities": args.severities or "default",
+            "lr_grid": args.lr_grid,
+        },
         "probe_size": calibration.probe_size,
         "calibration_variants": len(calibration.points),
         "families": sorted({p.family for p in calibration.points}),
@@ -608,7 +616,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--severities",
         type=lambda v: [int(x) for x in v.split(",")],
-        help="comma-separated severities (default: the default suite's 2,4)",
+        help="comma-separated severities (default: the default suite's 2,3,4)",
+    )
+    parser.add_argument(
+        "--lr-grid",
+        action="store_true",
+        help="measure the learning-rate grid too (the results in benchmarks/results/ did: they "
+        "were run with the former default suite, --severities 2,4 --lr-grid)",
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
     args = parser.parse_args(argv)
