@@ -48,23 +48,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._env import environment  # noqa: E402
 from benchmarks._models import ensure_model  # noqa: E402
-from benchmarks.estimate_quality import MIX_WINDOWS, MODELS, HeldOut, held_out_sets  # noqa: E402
+from benchmarks.estimate_quality import (  # noqa: E402
+    BASELINES,
+    MIX_WINDOWS,
+    MODELS,
+    HeldOut,
+    held_out_sets,
+    measure_set,
+)
 from flipwatch.demos.data import demo_splits  # noqa: E402
-from flipwatch.workers.estimation import EstimateConfig, load_model  # noqa: E402
+from flipwatch.workers.estimation import EstimateConfig, calibrate, load_model  # noqa: E402
 from flipwatch.workers.estimation.calibration import (  # noqa: E402
     LR_GRID,
-    calibration_tasks,
     is_spread_point,
-    measure_points,
-    point_row,
-    reference_data,
     selection_table,
 )
+from flipwatch.workers.estimation.calibration_result import Calibration  # noqa: E402
 from flipwatch.workers.estimation.class_mix import subset_indices  # noqa: E402
 from flipwatch.workers.estimation.selection import nested_selection, select  # noqa: E402
 from flipwatch.workers.estimation.spec import ModelSpec  # noqa: E402
 from flipwatch.workers.estimation.trajectory import resolve_device  # noqa: E402
-from flipwatch.workers.estimation.variants import CLEAN, CalibrationPoint, VariantTask  # noqa: E402
+from flipwatch.workers.estimation.variants import CLEAN, CalibrationPoint  # noqa: E402
 
 SUPERSET_SEVERITIES = (2, 3, 4)
 SEVERITY_CHOICES = ((2, 4), (3,), (2, 3, 4), (2,), (4,))
@@ -122,7 +126,7 @@ SUITES = [
 FORMER_DEFAULT = Suite((2, 4), "all", GRID_NAMES)  # the default before this benchmark
 
 
-def superset_points(
+def superset_calibration(
     model: torch.nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -130,44 +134,37 @@ def superset_points(
     processes: int,
     cache: Path,
     spec: ModelSpec,
-    device: torch.device,
-) -> tuple[list[CalibrationPoint], dict[str, float], dict, tuple]:
-    """Every superset point (cached per setting) and each setting's measured pass seconds."""
-    config = EstimateConfig(steps=steps)
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(config.seed))
-    images, labels = images[order], labels[order]
-    data, baseline_reference, _ = reference_data(model, images, labels, spec=spec, device=device)
-    tasks = calibration_tasks(None, SUPERSET_SEVERITIES, seed=config.seed, class_mixes="all")
+) -> tuple[Calibration, dict[str, float]]:
+    """The real `calibrate()` of the superset (points cached per setting) and each setting's
+    measured pass seconds (known only to a run that measured everything)."""
     timings_path = cache / "pass_seconds.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     passes = ["default", *GRID_NAMES]
     marks = [time.perf_counter()]
 
     def progress(done: int, total: int) -> None:
-        if done % len(tasks) == 0:  # a setting's pass is complete
+        if done % (total // len(passes)) == 0:  # a setting's pass is complete
             marks.append(time.perf_counter())
         if done % 10 == 0 or done == total:
             log(f"  {done}/{total} trajectories")
 
-    points = measure_points(
+    calibration = calibrate(
         model,
         images,
         labels,
         spec=spec,
-        config=config,
-        device=device,
-        tasks=tasks,
+        config=EstimateConfig(steps=steps),
+        severities=SUPERSET_SEVERITIES,
+        class_mixes="all",
         settings=LR_GRID,
-        reference=baseline_reference,
-        window_reference=data.window_reference(),
         processes=processes,
         cache=cache,
         progress=progress,
     )
-    if not timings:  # only a run that measured everything knows the pass times
+    if not timings:
         timings = {k: b - a for k, a, b in zip(passes, marks[:-1], marks[1:], strict=True)}
         timings_path.write_text(json.dumps(timings))
-    return points, timings, {"tasks": len(tasks)}, (baseline_reference, data.window_reference())
+    return calibration, timings
 
 
 _heldout_context: dict | None = None
@@ -183,19 +180,10 @@ def _measure_set(item: tuple[str, torch.Tensor, torch.Tensor]) -> dict[str, floa
     c = _heldout_context
     assert c is not None
     name, images, labels = item
-    (point,) = measure_points(
-        c["model"],
-        images,
-        labels,
-        spec=c["spec"],
-        config=c["config"],
-        device=c["device"],
-        tasks=[VariantTask(CLEAN, 0, False, seed=c["config"].seed)],
-        settings=LR_GRID,
-        reference=c["reference"],
-        window_reference=c["window_reference"],
+    values = measure_set(
+        c["model"], c["spec"], c["calibration"], c["config"], c["device"], images, labels
     )
-    return {**point_row(point), "_accuracy": point.accuracy, "_name": name}  # type: ignore[dict-item]
+    return {**values, "_name": name}  # type: ignore[dict-item]
 
 
 def heldout_rows(sets: list[HeldOut], context: dict, processes: int, cache: Path) -> list[dict]:
@@ -303,16 +291,16 @@ def run_model(key: str, steps: int, args: argparse.Namespace) -> dict[str, objec
     lock = open("/tmp/bench.lock", "a")  # noqa: SIM115 - held across the measurement phase
     fcntl.flock(lock, fcntl.LOCK_EX)
     log(f"[{key}] measuring the superset ({steps} steps, {args.processes} processes)")
-    points, pass_seconds, info, (baseline_ref, window_ref) = superset_points(
-        model, ref.images, ref.labels, steps, args.processes, cache, spec, device
+    superset, pass_seconds = superset_calibration(
+        model, ref.images, ref.labels, steps, args.processes, cache, spec
     )
+    points = list(superset.points)
     context = {
         "model": model,
         "spec": spec,
+        "calibration": superset,
         "config": EstimateConfig(steps=steps),
         "device": device,
-        "reference": baseline_ref,
-        "window_reference": window_ref,
     }
     log(f"[{key}] measuring the held-out sets")
     held = splits.heldout
@@ -337,13 +325,22 @@ def run_model(key: str, steps: int, args: argparse.Namespace) -> dict[str, objec
         "steps": steps,
         "superset": {
             "severities": list(SUPERSET_SEVERITIES),
-            "tasks": info["tasks"],
+            "tasks": len(points),
             "settings": ["default", *GRID_NAMES],
             "pass_seconds": {k: round(v, 1) for k, v in pass_seconds.items()},
         },
         "heldout_sets": len(heldout),
         "class_mix_windows": len(mixes),
         "former_default": next(r for r in results if r["suite"] == FORMER_DEFAULT.name),
+        "baselines_mae_points": {
+            name: {
+                "heldout": pts(float(np.mean([abs(r[name] - r["_accuracy"]) for r in heldout]))),
+                "class_mix_windows": pts(
+                    float(np.mean([abs(r[name] - r["_accuracy"]) for r in mixes]))
+                ),
+            }
+            for name in BASELINES
+        },
         "suites": results,
     }
 
