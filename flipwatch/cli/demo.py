@@ -39,7 +39,11 @@ def run_demo_command(args: argparse.Namespace) -> int:
         return run_demo(cache_dir=args.data_dir, steps=args.steps, device=args.device)
     from flipwatch.cli.startup import embedded_server
     from flipwatch.demos.http import run_http_demo
+    from flipwatch.service.core.logging import configure_logging
 
+    # The demo's terminal is its table: the embedded server's access log (one line per request,
+    # structlog's default goes to stdout) would bury it. Warnings still reach stderr.
+    configure_logging("warning", "console")
     return run_http_demo(
         server_factory=embedded_server,
         data_dir=args.data_dir,
