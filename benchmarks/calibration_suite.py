@@ -33,11 +33,10 @@ import argparse
 import fcntl
 import hashlib
 import json
-import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -54,7 +53,9 @@ from benchmarks.estimate_quality import (  # noqa: E402
     MODELS,
     HeldOut,
     held_out_sets,
+    log,
     measure_set,
+    pts,
 )
 from flipwatch.demos.data import demo_splits  # noqa: E402
 from flipwatch.workers.estimation import EstimateConfig, calibrate, load_model  # noqa: E402
@@ -65,6 +66,7 @@ from flipwatch.workers.estimation.calibration import (  # noqa: E402
 )
 from flipwatch.workers.estimation.calibration_result import Calibration  # noqa: E402
 from flipwatch.workers.estimation.class_mix import subset_indices  # noqa: E402
+from flipwatch.workers.estimation.families import CLASS_MIX_CHOICES, ClassMixes  # noqa: E402
 from flipwatch.workers.estimation.selection import nested_selection, select  # noqa: E402
 from flipwatch.workers.estimation.spec import ModelSpec  # noqa: E402
 from flipwatch.workers.estimation.trajectory import resolve_device  # noqa: E402
@@ -72,16 +74,7 @@ from flipwatch.workers.estimation.variants import CLEAN, CalibrationPoint  # noq
 
 SUPERSET_SEVERITIES = (2, 3, 4)
 SEVERITY_CHOICES = ((2, 4), (3,), (2, 3, 4), (2,), (4,))
-MIX_CHOICES = ("all", "clean", "none")  # class-mix variants kept: all, the clean ones, none
 GRID_NAMES = tuple(s.name for s in LR_GRID)
-
-
-def log(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-def pts(value: float) -> float | None:
-    return None if not math.isfinite(value) else round(100 * value, 2)
 
 
 @dataclass(frozen=True)
@@ -89,7 +82,7 @@ class Suite:
     """A candidate calibration suite: a subset of the measured superset."""
 
     severities: tuple[int, ...]
-    class_mixes: str
+    class_mixes: ClassMixes
     settings: tuple[str, ...]  # extra trajectory settings kept (names)
 
     @property
@@ -120,7 +113,7 @@ class Suite:
 SUITES = [
     Suite(sev, mix, settings)
     for sev in SEVERITY_CHOICES
-    for mix in MIX_CHOICES
+    for mix in CLASS_MIX_CHOICES
     for settings in [(), *((n,) for n in GRID_NAMES), GRID_NAMES]
 ]
 FORMER_DEFAULT = Suite((2, 4), "all", GRID_NAMES)  # the default before this benchmark
@@ -167,38 +160,40 @@ def superset_calibration(
     return calibration, timings
 
 
-_heldout_context: dict | None = None
+_state: tuple | None = None  # what every task of a `_pool_map` shares, set once per process
 
 
-def _start(context: dict) -> None:
-    global _heldout_context
+def _start(state: tuple) -> None:
+    global _state
     torch.set_num_threads(1)
-    _heldout_context = context
+    _state = state
+
+
+def _pool_map(fn: Callable, items: list, state: tuple, processes: int) -> list:
+    """`fn(item)` over `items` (in order) in `processes` single-threaded spawned processes, each
+    started with `state` (read back as the global `_state`); in this process when 1."""
+    if processes <= 1:
+        _start(state)
+        return [fn(item) for item in items]
+    import torch.multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(processes, _start, (state,)) as pool:
+        return pool.map(fn, items, chunksize=1)
 
 
 def _measure_set(item: tuple[str, torch.Tensor, torch.Tensor]) -> dict[str, float]:
-    c = _heldout_context
-    assert c is not None
+    assert _state is not None
     name, images, labels = item
-    values = measure_set(
-        c["model"], c["spec"], c["calibration"], c["config"], c["device"], images, labels
-    )
-    return {**values, "_name": name}  # type: ignore[dict-item]
+    return {**measure_set(*_state, images, labels), "_name": name}  # type: ignore[dict-item]
 
 
-def heldout_rows(sets: list[HeldOut], context: dict, processes: int, cache: Path) -> list[dict]:
+def heldout_rows(sets: list[HeldOut], context: tuple, processes: int, cache: Path) -> list[dict]:
+    """Every feature of each held-out set (`context`: `measure_set`'s leading arguments)."""
     path = cache / "heldout.json"
     if path.exists():
         return json.loads(path.read_text())
     items = [(h.name, h.images, h.labels) for h in sets]
-    if processes <= 1:
-        _start(context)
-        rows = [_measure_set(i) for i in items]
-    else:
-        import torch.multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(processes, _start, (context,)) as pool:
-            rows = pool.map(_measure_set, items, chunksize=1)
+    rows = _pool_map(_measure_set, items, context, processes)
     for row, held in zip(rows, sets, strict=True):
         row["_group"] = held.group  # type: ignore[assignment]
     path.write_text(json.dumps(rows))
@@ -247,36 +242,9 @@ def evaluate(
     }
 
 
-_evaluation: tuple | None = None
-
-
-def _start_evaluation(state: tuple) -> None:
-    global _evaluation
-    _evaluation = state
-
-
 def _evaluate_one(suite: Suite) -> dict[str, object]:
-    assert _evaluation is not None
-    return evaluate(suite, *_evaluation)
-
-
-def _evaluate_all(
-    suites: list[Suite],
-    points: list[CalibrationPoint],
-    heldout: list[dict],
-    mixes: list[dict],
-    pass_seconds: dict[str, float],
-    processes: int,
-) -> list[dict[str, object]]:
-    """Every suite's selection, in `processes` processes (selection is numpy on one core)."""
-    state = (points, heldout, mixes, pass_seconds)
-    if processes <= 1:
-        _start_evaluation(state)
-        return [_evaluate_one(s) for s in suites]
-    import multiprocessing as mp
-
-    with mp.get_context("spawn").Pool(processes, _start_evaluation, (state,)) as pool:
-        return pool.map(_evaluate_one, suites, chunksize=1)
+    assert _state is not None
+    return evaluate(suite, *_state)
 
 
 def run_model(key: str, steps: int, args: argparse.Namespace) -> dict[str, object]:
@@ -295,13 +263,7 @@ def run_model(key: str, steps: int, args: argparse.Namespace) -> dict[str, objec
         model, ref.images, ref.labels, steps, args.processes, cache, spec
     )
     points = list(superset.points)
-    context = {
-        "model": model,
-        "spec": spec,
-        "calibration": superset,
-        "config": EstimateConfig(steps=steps),
-        "device": device,
-    }
+    context = (model, spec, superset, EstimateConfig(steps=steps), device)
     log(f"[{key}] measuring the held-out sets")
     held = splits.heldout
     windows = []
@@ -313,7 +275,10 @@ def run_model(key: str, steps: int, args: argparse.Namespace) -> dict[str, objec
     lock.close()
     heldout = [r for r in rows if r["_group"] != "class_mix"]
     mixes = [r for r in rows if r["_group"] == "class_mix"]
-    results = _evaluate_all(SUITES, points, heldout, mixes, pass_seconds, args.processes)
+    # selection is numpy on one core: the suites spread over the processes
+    results = _pool_map(
+        _evaluate_one, SUITES, (points, heldout, mixes, pass_seconds), args.processes
+    )
     for suite, r in zip(SUITES, results, strict=True):
         log(
             f"[{key}] {suite.name}: {r['estimated_seconds']} s, held-out "

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from flipwatch.workers.estimation.families import CLASS_MIX_CHOICES, DEFAULT_CLASS_MIXES
+
 if TYPE_CHECKING:
     from flipwatch.workers.estimation import Calibration, EstimateConfig
 
@@ -48,8 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     cal.add_argument(
         "--class-mixes",
-        choices=["all", "clean", "none"],
-        default="all",
+        choices=CLASS_MIX_CHOICES,
+        default=DEFAULT_CLASS_MIXES,
         help="skewed class-mix variants: of the clean set and each family (default), of the clean "
         "set only, or none",
     )
