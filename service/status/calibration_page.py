@@ -16,11 +16,14 @@ LEFT, RIGHT, TOP, BOTTOM = 50, 16, 14, 40
 
 
 def map_value(m: dict[str, Any], x: float) -> float:
-    """The stored QuadraticMap at x (flips.py's rule: quadratic inside [x_min, x_max], linear
-    with the end slope outside, clipped to [0, 1])."""
+    """The stored QuadraticMap at x (flips.py's rule: x in the map's scale, the signed square root
+    for `scale` "sqrt"; quadratic inside [x_min, x_max], linear with the end slope outside,
+    clipped to [0, 1])."""
     a, b, c = float(m["a"]), float(m["b"]), float(m["c"])
     lo = float(m.get("x_min") or 0.0)
     hi = math.inf if m.get("x_max") is None else float(m["x_max"])
+    if m.get("scale") == "sqrt":
+        x = math.copysign(math.sqrt(abs(x)), x)
 
     def raw(v: float) -> float:
         return a * v * v + b * v + c
@@ -32,6 +35,12 @@ def map_value(m: dict[str, Any], x: float) -> float:
     else:
         y = raw(x)
     return min(1.0, max(0.0, y))
+
+
+def map_x_max(m: dict[str, Any]) -> float:
+    """The end of the map's fitted range as a signal value (x_max is in the map's scale)."""
+    hi = float(m.get("x_max") or 1.0)
+    return math.copysign(hi * hi, hi) if m.get("scale") == "sqrt" else hi
 
 
 def render_calibration(model_name: str, result: dict[str, Any]) -> str:
@@ -61,7 +70,7 @@ def _curve(result: dict[str, Any], fit: dict[str, Any] | None, selected: str) ->
     if fit is None:
         return '<p class="empty">No fitted curve (built-in calibration or none selected).</p>'
     points = _points(result, fit)
-    xmax = max([x for x, _, _ in points] + [float(fit["map"].get("x_max") or 1.0), 1e-9]) * 1.05
+    xmax = max([x for x, _, _ in points] + [map_x_max(fit["map"]), 1e-9]) * 1.05
     pw, ph = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
     def sx(x: float) -> float:

@@ -202,6 +202,9 @@ class TestCalibrationPage:
         from flipwatch.service.status.calibration_page import map_value
         from flipwatch.workers.estimation.flips import QuadraticMap
 
-        m = QuadraticMap(a=1e-5, b=-0.004, c=0.97, x_min=10.0, x_max=150.0)
-        for x in (0.0, 10.0, 80.0, 150.0, 400.0):
-            assert map_value(m.to_dict(), x) == pytest.approx(m(x))
+        for m in (
+            QuadraticMap(a=1e-5, b=-0.004, c=0.97, x_min=10.0, x_max=150.0),
+            QuadraticMap(a=-1e-4, b=-0.02, c=0.99, x_min=-3.0, x_max=20.0, scale="sqrt"),
+        ):
+            for x in (-25.0, 0.0, 10.0, 80.0, 150.0, 400.0, 900.0):
+                assert map_value(m.to_dict(), x) == pytest.approx(m(x))

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,6 +10,8 @@ from flipwatch.workers.estimation.flips import (
     PAPER_IMAGENET_MAP,
     QuadraticMap,
     avg_rank_pct,
+    fit_monotone_map,
+    fit_monotone_map_np,
     fit_monotone_quadratic,
     per_reference_probe,
     unweighted_flips,
@@ -82,8 +85,26 @@ class TestQuadraticMap:
         assert f(60.0) == pytest.approx(f.raw(50.0) + 10 * slope)
 
     def test_round_trips_through_dict(self):
-        f = QuadraticMap(1e-5, -2e-3, 0.8, 1.0, math.inf)
-        assert QuadraticMap.from_dict(f.to_dict()) == f
+        for f in (
+            QuadraticMap(1e-5, -2e-3, 0.8, 1.0, math.inf),
+            QuadraticMap(-1e-4, -0.02, 0.99, -3.0, 20.0, scale="sqrt"),
+        ):
+            assert QuadraticMap.from_dict(f.to_dict()) == f
+
+    def test_a_stored_map_without_a_scale_is_the_papers_linear_one(self):
+        f = QuadraticMap.from_dict({"a": 0.0, "b": -0.01, "c": 0.9, "x_min": 0.0, "x_max": 50.0})
+        assert f.scale == "linear"
+        assert f(40.0) == pytest.approx(0.5)
+
+    def test_sqrt_scale_maps_the_signed_square_root_of_the_signal(self):
+        f = QuadraticMap(a=0.0, b=-0.01, c=0.95, x_min=-10.0, x_max=30.0, scale="sqrt")
+        assert f(400.0) == pytest.approx(0.95 - 0.01 * 20.0)
+        assert f(-16.0) == pytest.approx(0.95 + 0.01 * 4.0)  # an adjusted signal below zero
+        assert f.predict(np.array([0.0, 100.0, 400.0])) == pytest.approx([0.95, 0.85, 0.75])
+
+    def test_unknown_scale_is_refused(self):
+        with pytest.raises(ValueError, match="unknown map scale 'log'"):
+            QuadraticMap(0.0, -0.01, 0.9, scale="log")
 
 
 class TestFitMonotoneQuadratic:
@@ -105,3 +126,24 @@ class TestFitMonotoneQuadratic:
     def test_needs_two_points(self):
         with pytest.raises(ValueError, match="at least two"):
             fit_monotone_quadratic(torch.tensor([1.0]), torch.tensor([0.5]))
+
+
+class TestFitMonotoneMap:
+    def test_a_saturating_signal_is_fitted_in_the_sqrt_scale_exactly(self):
+        x = np.array([0.0, 4.0, 25.0, 100.0, 400.0, 900.0])
+        y = 0.98 - 0.02 * np.sqrt(x)  # steep at first, then slow: no quadratic in x fits it
+        f = fit_monotone_map_np(x, y)
+        assert f.scale == "sqrt"
+        assert (f.a, f.b, f.c) == pytest.approx((0.0, -0.02, 0.98), abs=1e-9)
+        assert f(625.0) == pytest.approx(0.48)
+
+    def test_a_quadratic_signal_keeps_the_papers_linear_scale(self):
+        x = np.array([0.0, 10.0, 20.0, 40.0, 80.0])
+        f = fit_monotone_map_np(x, 1e-5 * x**2 - 0.005 * x + 0.95)
+        assert f.scale == "linear"
+        assert (f.a, f.b, f.c) == pytest.approx((1e-5, -0.005, 0.95), abs=1e-9)
+
+    def test_tensor_and_numpy_fits_agree(self):
+        x = torch.tensor([0.0, 4.0, 25.0, 100.0, 400.0], dtype=torch.float64)
+        y = 0.98 - 0.02 * x.sqrt()
+        assert fit_monotone_map(x, y) == fit_monotone_map_np(x.numpy(), y.numpy())

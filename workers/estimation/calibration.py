@@ -39,7 +39,7 @@ from flipwatch.workers.estimation.families import (
     ClassMixes,
 )
 from flipwatch.workers.estimation.features import DEFAULT_SETTING, TrajectorySetting, row_features
-from flipwatch.workers.estimation.flips import fit_monotone_quadratic
+from flipwatch.workers.estimation.flips import fit_monotone_map
 from flipwatch.workers.estimation.label_shift import confusion_matrix
 from flipwatch.workers.estimation.selection import FeatureTable, nested_selection, select
 from flipwatch.workers.estimation.spec import ModelSpec
@@ -78,7 +78,7 @@ def leave_one_group_out_mae(x: Tensor, y: Tensor, groups: Sequence[str]) -> floa
         train = torch.tensor([g != group for g in groups])
         if int(train.sum()) < 2:
             continue
-        f = fit_monotone_quadratic(x[train], y[train])
+        f = fit_monotone_map(x[train], y[train])
         errors.extend(
             abs(f(float(xi)) - float(yi)) for xi, yi in zip(x[~train], y[~train], strict=True)
         )
@@ -98,7 +98,7 @@ def fit_points(points: Sequence[CalibrationPoint]) -> list[Fit]:
             if not all(step in p.signals.get(signal, {}) for p in points):
                 continue
             x = torch.tensor([p.signals[signal][step] for p in points], dtype=torch.float64)
-            f = fit_monotone_quadratic(x, y)
+            f = fit_monotone_map(x, y)
             train_mae = float(
                 sum(abs(f(float(a)) - float(b)) for a, b in zip(x, y, strict=True)) / len(y)
             )

@@ -26,7 +26,7 @@ import numpy as np
 
 from flipwatch.workers.estimation.conformal import conformal_quantile
 from flipwatch.workers.estimation.features import feature_setting, feature_step
-from flipwatch.workers.estimation.flips import QuadraticMap, fit_monotone_quadratic_np
+from flipwatch.workers.estimation.flips import QuadraticMap, fit_monotone_map_np
 
 __all__ = [
     "Estimator",
@@ -154,7 +154,7 @@ class _Maps:
                 self._maps[excluded] = [QuadraticMap(0.0, 0.0, level)] * self.t.x.shape[1]
             else:
                 self._maps[excluded] = [
-                    fit_monotone_quadratic_np(self.t.x[rows, j], self.t.y[rows])
+                    fit_monotone_map_np(self.t.x[rows, j], self.t.y[rows])
                     for j in range(self.t.x.shape[1])
                 ]
         return self._maps[excluded]
