@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 Id = str | uuid.UUID
 JobState = Literal["queued", "running", "succeeded", "failed"]
 AlertRuleKind = Literal["accuracy_below", "drop_below_reference", "embedding_above"]
-EmbeddingKind = Literal["frechet", "silhouette", "centroid_shift"]
+EmbeddingKind = Literal["frechet", "silhouette", "centroid_shift", "class_distance"]
 ImageInput = bytes | str | os.PathLike[str] | tuple[str, bytes]
 """One image of a batch: its bytes, a path to read, or (file name, bytes)."""
 FileInput = bytes | str | os.PathLike[str]

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AnyUrl, BaseModel, ConfigDict, Field, UrlConstraints
 
 AlertRuleKind = Literal["accuracy_below", "drop_below_reference", "embedding_above"]
-EmbeddingKind = Literal["frechet", "silhouette", "centroid_shift"]
+EmbeddingKind = Literal["frechet", "silhouette", "centroid_shift", "class_distance"]
 AlertRuleName = Annotated[
     str,
     Field(

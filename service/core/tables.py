@@ -320,7 +320,7 @@ class LatestEstimate(Base):
 ALERT_RULE_KINDS = ("accuracy_below", "drop_below_reference", "embedding_above")
 ALERT_RULE_STATES = ("ok", "firing")
 ALERT_EVENT_STATES = ("firing", "resolved")
-EMBEDDING_KINDS = ("frechet", "silhouette", "centroid_shift")
+EMBEDDING_KINDS = ("frechet", "silhouette", "centroid_shift", "class_distance")
 WEBHOOK_STATES = ("pending", "delivered", "failed")
 
 

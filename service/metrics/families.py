@@ -58,7 +58,7 @@ BASELINES = FamilySpec(
 EMBEDDING = FamilySpec(
     "flipwatch_embedding_distance",
     "Embedding distances of the latest window to the reference (frechet, "
-    "centroid_shift) and its post-adaptation silhouette.",
+    "centroid_shift, class_distance) and its post-adaptation silhouette.",
     extra="kind",
 )
 ALERTS = FamilySpec(

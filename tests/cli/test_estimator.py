@@ -91,7 +91,7 @@ def test_estimate_json_is_one_object_with_the_documented_fields(
     assert result["signal"] == "wf_source@0"
     assert result["estimated_accuracy"] == pytest.approx(0.9 - 0.001 * result["signal_value"])
     assert set(result["baselines"]) == {"ac", "doc", "atc", "atc_ne", "cot"}
-    assert {"frechet", "silhouette", "centroid_shift"} <= set(result["embedding"])
+    assert {"frechet", "silhouette", "centroid_shift", "class_distance"} <= set(result["embedding"])
     assert (result["steps"], result["probe_size"], result["num_images"]) == (10, 100, 128)
     assert result["device"] == "cpu" and result["seconds"] > 0
     assert set(result["signals"]["wf_source"]) == {"0", "10"}

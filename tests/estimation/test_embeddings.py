@@ -16,6 +16,7 @@ from flipwatch.workers.estimation.embeddings import (
     FeatureStats,
     _reseed_empty,
     centroid_shift,
+    class_distance,
     feature_stats,
     frechet_distance,
     kmeans,
@@ -189,6 +190,35 @@ class TestCentroidShift:
     def test_rejects_dimension_mismatch(self) -> None:
         with pytest.raises(ValueError, match="dimension"):
             centroid_shift(torch.zeros(2, 3), torch.zeros(2, 2))
+
+
+class TestClassDistance:
+    MEANS = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]], dtype=F64)
+    REFERENCE = FeatureStats(mean=torch.zeros(2, dtype=F64), cov=torch.eye(2, dtype=F64) * 2.0)
+    OFFSETS = torch.tensor([[1.0, 0.0], [0.0, -1.0]], dtype=F64)  # squared distance 1 each
+
+    def _window(self, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        predicted = torch.tensor(classes)
+        return self.MEANS[predicted] + self.OFFSETS[torch.arange(len(classes)) % 2], predicted
+
+    def test_mean_squared_distance_to_the_predicted_class_over_the_total_variance(self) -> None:
+        features, predicted = self._window([0, 1, 2, 1])  # squared distances 1, variance 2 + 2
+        assert class_distance(features, predicted, self.MEANS, self.REFERENCE) == 1.0 / 4.0
+
+    def test_a_window_of_one_class_scores_like_a_balanced_one(self) -> None:
+        balanced = class_distance(*self._window([0, 1, 2, 0, 1, 2]), self.MEANS, self.REFERENCE)
+        one_class = class_distance(*self._window([1, 1, 1, 1]), self.MEANS, self.REFERENCE)
+        assert one_class == balanced == 0.25
+
+    def test_moved_features_score_higher(self) -> None:
+        features, predicted = self._window([0, 1, 2, 1])
+        moved = class_distance(features + 1.0, predicted, self.MEANS, self.REFERENCE)
+        # shifted by (1, 1): squared distances 5, 1, 5, 1, mean 3, over the total variance 4
+        assert moved == pytest.approx(3.0 / 4.0)
+
+    def test_rejects_mismatched_shapes(self) -> None:
+        with pytest.raises(ValueError, match="shape mismatch"):
+            class_distance(torch.zeros(3, 2), torch.zeros(2), self.MEANS, self.REFERENCE)
 
 
 def _small_classifier() -> nn.Module:

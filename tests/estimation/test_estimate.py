@@ -70,6 +70,7 @@ GOLDEN: dict[str, object] = {
         "frechet": 0.003024853914922888,
         "silhouette": 0.10239596768180047,
         "centroid_shift": 1.5349264748259575,
+        "class_distance": 4.7826381253907995,
     },
     "used_fraction": 0.421875,
 }

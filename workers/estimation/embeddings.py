@@ -16,6 +16,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 __all__ = [
+    "class_distance",
     "FeatureExtractor",
     "FeatureStats",
     "centroid_shift",
@@ -230,6 +231,30 @@ def centroid_shift(centroids: Tensor, class_means: Tensor) -> float:
     cost = torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist").numpy()
     rows, cols = linear_sum_assignment(cost)
     return float(cost[rows, cols].mean())
+
+
+def class_distance(
+    features: Tensor, predicted: Tensor, class_means: Tensor, reference: FeatureStats
+) -> float:
+    """Mean squared distance of each feature to its predicted class's reference mean, over the
+    reference features' total variance: ≈ the reference's own within-class spread when only
+    the class mix changed, larger when the images changed.
+
+    The batch-statistics flips and MLLS both move when only the class proportions move; this
+    compares each image with its own class, so it measures covariate shift and not the mix.
+    features: (N, D); predicted: (N,) class indices; class_means: (C, D).
+    """
+    _check_features(features)
+    _check_features(class_means)
+    if features.shape[1] != class_means.shape[1] or len(predicted) != len(features):
+        raise ValueError(
+            f"shape mismatch: features {tuple(features.shape)}, predicted "
+            f"{tuple(predicted.shape)}, class_means {tuple(class_means.shape)}"
+        )
+    x = features.detach().cpu().double()
+    means = class_means.detach().cpu().double()[predicted.cpu().long()]
+    variance = max(float(torch.diagonal(reference.cov).sum()), 1e-12)
+    return float(((x - means) ** 2).sum(1).mean()) / variance
 
 
 def find_feature_layer(model: nn.Module, module_name: str | None = None) -> nn.Module | None:

@@ -34,7 +34,7 @@ from flipwatch.workers.estimation.trajectory import (
 from flipwatch.workers.estimation.window_features import ReferenceSet, measure_window
 
 MIN_PROBE_FOR_TRUST = 100
-EMBEDDING_KEYS = ("frechet", "silhouette", "centroid_shift")
+EMBEDDING_KEYS = ("frechet", "silhouette", "centroid_shift", "class_distance")
 
 
 def estimator_within(calibration: Calibration, steps: int) -> tuple[Estimator, bool]:

@@ -8,7 +8,8 @@
   `*_adj` signals (flips minus delta) stay put when only the mix changes;
 - COT with the estimated proportions as its label marginal (`cot_adj`);
 - the embedding distances (spec §8): Fréchet distance to the reference features, post-adaptation
-  silhouette and centroid shift.
+  silhouette and centroid shift; and `class_distance`, each source feature against its predicted
+  class's reference mean (a covariate-shift measure that a class-mix change alone barely moves).
 
 Calibration computes the same dict on every variant, so candidates can use any of it.
 """
@@ -27,6 +28,7 @@ from flipwatch.workers.estimation.config import EstimateConfig
 from flipwatch.workers.estimation.embeddings import (
     FeatureStats,
     centroid_shift,
+    class_distance,
     feature_stats,
     frechet_distance,
     kmeans,
@@ -148,6 +150,10 @@ def _embedding(
         window = feature_stats(source)
         ref = reference.features
         out["frechet"] = float(frechet_distance(window.mean, window.cov, ref.mean, ref.cov))
+        if reference.class_means is not None:
+            out["class_distance"] = class_distance(
+                source, trajectory.source.labels, reference.class_means, ref
+            )
     if adapted is not None and len(adapted) >= 4:
         # k-means with one cluster per class needs ~20 points per cluster to mean anything.
         k = max(2, min(num_classes, len(adapted) // 20))
