@@ -10,6 +10,7 @@ from flipwatch.workers.estimation.calibration import fit_points
 from flipwatch.workers.estimation.calibration_result import (
     Calibration,
     CalibrationMissing,
+    ReferenceData,
     builtin_calibration,
 )
 from flipwatch.workers.estimation.spec import ModelSpec
@@ -37,6 +38,19 @@ def test_round_trips_through_json_with_points_and_tensors():
     assert again.fits == calibration.fits
     assert again.points == calibration.points
     assert torch.equal(again.class_means, calibration.class_means)
+
+
+def test_reference_class_distance_round_trips_and_reaches_the_window_reference():
+    data = ReferenceData(prior=torch.full((2,), 0.5, dtype=torch.float64), class_distance=0.25)
+    again = ReferenceData.from_dict(json.loads(json.dumps(data.to_dict())), None, None)
+    assert again.class_distance == 0.25
+    assert again.window_reference().class_distance == 0.25
+
+
+def test_a_reference_stored_before_the_mix_guard_has_no_class_distance():
+    stored = ReferenceData(prior=torch.full((2,), 0.5, dtype=torch.float64)).to_dict()
+    del stored["class_distance"]
+    assert ReferenceData.from_dict(stored, None, None).class_distance is None
 
 
 def test_runs_too_short_for_the_selected_checkpoint_use_the_best_reachable_fit():

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from flipwatch.workers.estimation.class_mix import parse_mix, resample_to, subset_indices
+from flipwatch.workers.estimation.window_features import mix_guard
 
 LABELS = torch.arange(1000) % 10  # 100 images per class
 
@@ -31,3 +32,25 @@ def test_dominant_subset_gives_one_class_half_of_the_window():
 def test_unknown_mix_is_refused_with_the_known_ones():
     with pytest.raises(ValueError, match="balanced, three, dominant, longtail"):
         parse_mix("bimodal")
+
+
+@pytest.mark.parametrize(
+    ("window", "reference", "credited"),
+    [
+        (0.10, 0.20, 1.0),  # closer to the class means than the reference itself: a mix change
+        (0.20, 0.20, 1.0),
+        (0.30, 0.20, 0.5),  # halfway to twice the reference's distance
+        (0.40, 0.20, 0.0),  # the images moved: no class-mix credit
+        (3.00, 0.20, 0.0),
+    ],
+)
+def test_mix_guard_credits_the_class_mix_delta_only_while_the_images_stay_put(
+    window, reference, credited
+):
+    assert mix_guard(window, reference) == pytest.approx(credited)
+
+
+def test_mix_guard_credits_the_whole_delta_when_a_distance_is_unknown():
+    assert mix_guard(None, 0.2) == 1.0
+    assert mix_guard(0.3, None) == 1.0
+    assert mix_guard(0.3, 0.0) == 1.0

@@ -32,7 +32,7 @@ from flipwatch.workers.estimation.calibration_result import (
 from flipwatch.workers.estimation.class_mix import MIX_KINDS
 from flipwatch.workers.estimation.config import EstimateConfig
 from flipwatch.workers.estimation.conformal import conformal_quantile
-from flipwatch.workers.estimation.embeddings import feature_stats
+from flipwatch.workers.estimation.embeddings import class_distance, feature_stats
 from flipwatch.workers.estimation.families import (
     CLASS_MIX_CHOICES,
     DEFAULT_CLASS_MIXES,
@@ -374,7 +374,7 @@ def reference_data(
     clean = predict(model, images, spec, device=device, chunk_size=256, features=True)
     reference = BaselineReference.from_labeled(clean.probs, labels)
     features = clean.features
-    stats = class_means = None
+    stats = class_means = distance = None
     if features is not None:
         stats = feature_stats(features)
         class_means = torch.stack(
@@ -383,6 +383,7 @@ def reference_data(
                 for c in range(spec.num_classes)
             ]
         )
+        distance = class_distance(features, clean.labels, class_means, stats)
     prior = torch.bincount(labels, minlength=spec.num_classes).double() / len(labels)
     confusion = confusion_matrix(clean.labels.numpy(), labels.numpy(), spec.num_classes)
     data = ReferenceData.keep(
@@ -392,6 +393,7 @@ def reference_data(
         confusion=torch.from_numpy(confusion),
         features=stats,
         class_means=class_means,
+        class_distance=distance,
     )
     accuracy = float((clean.labels == labels).double().mean())
     return data, reference, accuracy

@@ -117,6 +117,7 @@ class ReferenceData:
     labels: Tensor | None = None
     features: FeatureStats | None = None
     class_means: Tensor | None = None
+    class_distance: float | None = None  # embeddings.class_distance of the reference set itself
 
     @classmethod
     def keep(cls, images: Tensor, labels: Tensor, **kwargs: object) -> ReferenceData:
@@ -137,6 +138,7 @@ class ReferenceData:
             labels=self.labels,
             features=self.features,
             class_means=self.class_means,
+            class_distance=self.class_distance,
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -152,6 +154,7 @@ class ReferenceData:
             "confusion": None if self.confusion is None else _encode(self.confusion),
             "images": images,
             "labels": None if self.labels is None else [int(v) for v in self.labels],
+            "class_distance": self.class_distance,
         }
 
     @classmethod
@@ -172,6 +175,9 @@ class ReferenceData:
             labels=None if data.get("labels") is None else torch.tensor(data["labels"]),
             features=features,
             class_means=class_means,
+            class_distance=None
+            if data.get("class_distance") is None
+            else float(data["class_distance"]),
         )
 
 
