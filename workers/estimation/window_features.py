@@ -150,9 +150,9 @@ def mix_guard(window: float | None, reference: float | None) -> float:
     MLLS reads a shift that collapses the model onto a few classes as a class-mix change, and
     the full delta then removes real failure (the demo CNN's contrast-3 three-class variant: 58 %
     true, corrected flips below zero). A mix change alone leaves `class_distance` near the
-    reference's; a collapse raises it. Measured on the demo CNN and the small ResNet, the
-    guard at 2× lowered the nested error 3.16 → 2.10 and 2.61 → 2.23 points and the skewed
-    windows' error 4.78 → 1.04 and 3.08 → 0.90 (1.5× and 3× did about as well).
+    reference's; a collapse raises it. With the guard at 2× (benchmarks/estimate_quality.py,
+    docs/estimate-quality.md) the nested error fell 3.16 → 2.10 points on the demo CNN and
+    2.61 → 2.15 on the small ResNet, and the skewed clean windows' error to about 1 point on both.
     Unknown distances (calibrations from before the guard) credit the whole delta, as then.
     """
     if window is None or reference is None or reference <= 0:
