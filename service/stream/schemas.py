@@ -25,7 +25,11 @@ class StreamCreate(BaseModel):
     name: StreamName
     model_id: uuid.UUID
     window_size: int | None = Field(
-        default=None, ge=64, le=1_000_000, description="Images per estimate (default 1000)."
+        default=None,
+        ge=64,
+        le=1_000_000,
+        description="Images per estimate (default 1000; at least 64, one adaptation batch). "
+        "Measured error: about 3-4 accuracy points at 64 images, 2-3 at 256, 1.7-2.1 at 1000.",
     )
     steps: int | None = Field(
         default=None, ge=1, le=100_000, description="Adaptation steps per estimate (default 250)."
