@@ -336,33 +336,67 @@ def old_estimator(calibration: Calibration) -> Estimator:
 # --- one model ----------------------------------------------------------------------------------
 
 
-def run_model(key: str, args: argparse.Namespace, device: torch.device) -> dict[str, object]:
-    spec = ensure_model(MODELS[key], args.cache_dir, log)
-    model = load_model(spec).to(device).eval()
-    splits = demo_splits(0)
-    config = EstimateConfig(steps=args.steps)
+def points_cache_dir(
+    root: Path, key: str, spec: ModelSpec, steps: int, suite_key: str = "all/default"
+) -> Path:
+    """Where calibration points of one model, weights, step count and suite are kept."""
     weights = hashlib.sha256(Path(spec.weights or "").read_bytes()).hexdigest()[:12]
-    suite_key = f"{args.families or 'all'}/{args.severities or 'default'}"
-    suite_key += "/grid" if args.lr_grid else ""
     suite = hashlib.sha256(suite_key.encode()).hexdigest()[:8]
-    points_cache = (
-        args.points_cache / f"{key}-{weights}-s{args.steps}-{suite}" if args.points_cache else None
-    )
-    log(f"[{key}] calibrating (default suite, {args.steps} steps, {args.processes} processes)")
-    started = time.perf_counter()
-    calibration = calibrate(
+    return root / f"{key}-{weights}-s{steps}-{suite}"
+
+
+def reference_calibration(
+    key: str,
+    model: nn.Module,
+    spec: ModelSpec,
+    config: EstimateConfig,
+    device: torch.device,
+    *,
+    processes: int,
+    cache: Path | None,
+    **suite: object,
+) -> Calibration:
+    """The real `calibrate()` on the demo's labeled reference split (`suite`: its keywords)."""
+    splits = demo_splits(0)
+    return calibrate(
         model,
         splits.reference.images,
         splits.reference.labels,
         spec=spec,
         config=config,
         device=device,
+        processes=processes,
+        cache=cache,
+        log=lambda line: log(f"[{key}]   {line}"),
+        **suite,  # type: ignore[arg-type]
+    )
+
+
+def run_model(key: str, args: argparse.Namespace, device: torch.device) -> dict[str, object]:
+    spec = ensure_model(MODELS[key], args.cache_dir, log)
+    model = load_model(spec).to(device).eval()
+    splits = demo_splits(0)
+    config = EstimateConfig(steps=args.steps)
+    suite_key = f"{args.families or 'all'}/{args.severities or 'default'}"
+    suite_key += "/grid" if args.lr_grid else ""
+    points_cache = (
+        points_cache_dir(args.points_cache, key, spec, args.steps, suite_key)
+        if args.points_cache
+        else None
+    )
+    log(f"[{key}] calibrating (default suite, {args.steps} steps, {args.processes} processes)")
+    started = time.perf_counter()
+    calibration = reference_calibration(
+        key,
+        model,
+        spec,
+        config,
+        device,
         processes=args.processes,
+        cache=points_cache,
         families=args.families.split(",") if args.families else None,
         **({"severities": tuple(args.severities)} if args.severities else {}),
-        cache=points_cache,
         settings=LR_GRID if args.lr_grid else (),
-        log=lambda line: log(f"[{key}]   {line}"),
     )
     calibration_seconds = time.perf_counter() - started
     selected = calibration.selected_estimator

@@ -24,7 +24,6 @@ Prints ONE JSON object.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 import time
@@ -39,9 +38,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._env import environment  # noqa: E402
 from benchmarks._models import ensure_model  # noqa: E402
 from benchmarks.calibration_suite import _measure_set, _pool_map  # noqa: E402
-from benchmarks.estimate_quality import MODELS, held_out_sets, log, pts  # noqa: E402
-from flipwatch.demos.data import demo_splits  # noqa: E402
-from flipwatch.workers.estimation import EstimateConfig, calibrate, load_model  # noqa: E402
+from benchmarks.estimate_quality import (  # noqa: E402
+    MODELS,
+    held_out_sets,
+    log,
+    points_cache_dir,
+    pts,
+    reference_calibration,
+)
+from flipwatch.workers.estimation import EstimateConfig, load_model  # noqa: E402
 from flipwatch.workers.estimation.calibration import selection_table  # noqa: E402
 from flipwatch.workers.estimation.conformal import widened_half_width  # noqa: E402
 from flipwatch.workers.estimation.features import feature_step  # noqa: E402
@@ -73,21 +78,11 @@ def run_model(key: str, args: argparse.Namespace) -> dict[str, object]:
     device = resolve_device("cpu")
     spec = ensure_model(MODELS[key], args.cache_dir, log)
     model = load_model(spec).eval()
-    weights = hashlib.sha256(Path(spec.weights or "").read_bytes()).hexdigest()[:12]
-    suite = hashlib.sha256(b"all/default").hexdigest()[:8]  # estimate_quality's default-suite key
-    cache = args.points_cache / f"{key}-{weights}-s{STEPS}-{suite}"
-    splits = demo_splits(0)
+    cache = points_cache_dir(args.points_cache, key, spec, STEPS)  # estimate_quality's points
     config = EstimateConfig(steps=STEPS)
     log(f"[{key}] calibration (points cache {cache})")
-    calibration = calibrate(
-        model,
-        splits.reference.images,
-        splits.reference.labels,
-        spec=spec,
-        config=config,
-        device=device,
-        processes=args.processes,
-        cache=cache,
+    calibration = reference_calibration(
+        key, model, spec, config, device, processes=args.processes, cache=cache
     )
     table = selection_table(list(calibration.points))
     limited = {
