@@ -38,7 +38,9 @@ def photo_crops(n: int, seed: int = 0) -> torch.Tensor:
     """n uint8 (3, 224, 224) random square crops (40–100 % of the short side) of the photos."""
     from sklearn.datasets import load_sample_images
 
-    photos = [torch.from_numpy(p).permute(2, 0, 1).float() for p in load_sample_images().images]
+    photos = [
+        torch.from_numpy(p.copy()).permute(2, 0, 1).float() for p in load_sample_images().images
+    ]
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(n):
@@ -90,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "estimate": round(result.estimated_accuracy, 4),
                 "signal": result.signal,
                 "signal_value": round(result.signal_value, 2),
+                "used_fraction": round(result.used_fraction, 3),
+                "ac": None if result.baselines["ac"] is None else round(result.baselines["ac"], 4),
+                "warnings": result.warnings,
                 "seconds": round(time.perf_counter() - started, 1),
             }
         )

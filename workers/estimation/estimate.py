@@ -203,7 +203,11 @@ def _warnings(
             f"({calibration.selected_estimator.steps}); used {estimator.name}, the best in reach"
         )
     if trajectory.used_fraction == 0.0 and config.steps > 0:
-        notes.append("no sample passed the entropy and redundancy filters: nothing adapted")
+        notes.append(
+            "no sample passed the entropy and redundancy filters: nothing adapted, so the "
+            "trajectory's flips are 0 whatever the shift (the model is unsure of every image, "
+            "as under heavy noise); read the baselines and label_shift beside this estimate"
+        )
     return notes
 
 
