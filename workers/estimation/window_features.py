@@ -111,33 +111,32 @@ def measure_window(
     values["cot_adj"] = confidence_optimal_transport(probs, label_marginal=q, generator=generator)
     values.update(_embedding(trajectory, reference, num_classes=spec.num_classes, seed=config.seed))
     if reference.images is not None and reference.labels is not None:
-        model = model.to(device).eval()
-        copy = batch_copy if batch_copy is not None else prepare_adaptation_copy(model)
-        size = trajectory.probe_size
-        with deterministic_kernels():
-            skewed = step0_flips(
-                model,
-                copy,
-                reference.images[
-                    resample_to(reference.labels, q, size, torch.Generator().manual_seed(1))
-                ],
-                spec,
-                device=device,
-                chunk_size=config.chunk_size,
-            )
-            even = step0_flips(
-                model,
-                copy,
-                reference.images[
-                    resample_to(reference.labels, prior, size, torch.Generator().manual_seed(1))
-                ],
-                spec,
-                device=device,
-                chunk_size=config.chunk_size,
-            )
         guard = mix_guard(values.get("class_distance"), reference.class_distance)
-        for name in ADJUSTED:
-            values[f"mix_delta_{name}"] = (skewed[name] - even[name]) * guard
+        deltas = dict.fromkeys(ADJUSTED, 0.0)
+        if guard > 0:  # an uncredited delta needs no measuring
+            model = model.to(device).eval()
+            copy = batch_copy if batch_copy is not None else prepare_adaptation_copy(model)
+            with deterministic_kernels():
+                skewed, even = (
+                    step0_flips(
+                        model,
+                        copy,
+                        reference.images[
+                            resample_to(
+                                reference.labels,
+                                proportions,
+                                trajectory.probe_size,
+                                torch.Generator().manual_seed(1),
+                            )
+                        ],
+                        spec,
+                        device=device,
+                        chunk_size=config.chunk_size,
+                    )
+                    for proportions in (q, prior)
+                )
+            deltas = {name: (skewed[name] - even[name]) * guard for name in ADJUSTED}
+        values.update({f"mix_delta_{name}": delta for name, delta in deltas.items()})
     return WindowFeatures(
         values=values, class_proportions=[float(v) for v in q], label_shift=values["label_shift"]
     )
