@@ -111,8 +111,8 @@ class QuadraticMap:
         return np.clip(y, 0.0, 1.0)
 
     def __call__(self, x: float) -> float:
-        if self.scale != "linear":
-            return float(self.predict(np.array(x)))
+        if self.scale == "sqrt":
+            x = math.copysign(math.sqrt(abs(x)), x)
         if x < self.x_min:
             y = self.raw(self.x_min) + self.slope(self.x_min) * (x - self.x_min)
         elif x > self.x_max:
