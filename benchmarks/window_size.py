@@ -24,6 +24,7 @@ Prints ONE JSON object.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -149,8 +150,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path(".flipwatch/demo"))
     parser.add_argument("--points-cache", type=Path, default=Path(".flipwatch/quality-points"))
     args = parser.parse_args(argv)
-    import json
-
     runs = [run_model(key, args) for key in args.models.split(",")]
     print(json.dumps({"benchmark": "window_size", "runs": runs, "environment": environment()}))
 

@@ -16,10 +16,10 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 __all__ = [
-    "class_distance",
     "FeatureExtractor",
     "FeatureStats",
     "centroid_shift",
+    "class_distance",
     "feature_stats",
     "find_feature_layer",
     "frechet_distance",
