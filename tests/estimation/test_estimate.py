@@ -25,12 +25,14 @@ from flipwatch.workers.estimation import (
     estimate,
 )
 from flipwatch.workers.estimation.baselines import BaselineReference
-from flipwatch.workers.estimation.calibration_result import Calibration, Fit
+from flipwatch.workers.estimation.calibration_result import PAPER_AC_MAE, Calibration, Fit
 from flipwatch.workers.estimation.embeddings import feature_stats
+from flipwatch.workers.estimation.estimate import adaptation_starved
 from flipwatch.workers.estimation.flips import QuadraticMap
 from flipwatch.workers.estimation.spec import ModelSpec
-from flipwatch.workers.estimation.trajectory import predict
+from flipwatch.workers.estimation.trajectory import Predictions, Trajectory, predict
 from flipwatch.workers.estimation.variants import make_variant
+from flipwatch.workers.estimation.zoo import tiny
 from tests.tiny_models import blob_images, confident_tiny
 
 ATOL = 1e-5
@@ -193,6 +195,78 @@ class TestEstimate:
         spec = SPEC.model_copy(update={"num_classes": 5})
         with pytest.raises(ValueError, match="calibration is for 10 classes, the model has 5"):
             estimate(model, window(), spec=spec, calibration=make_calibration(model))
+
+
+class TestStarvedAdaptation:
+    """A trajectory on which fewer samples passed the filters than one batch holds."""
+
+    @pytest.mark.parametrize(
+        ("used_fraction", "steps", "starved"),
+        [(0.0, 50, True), (0.019, 50, True), (0.02, 50, False), (0.5, 8, False), (0.0, 0, False)],
+    )
+    def test_is_fewer_selected_samples_than_one_batch_over_the_trajectory(
+        self, used_fraction: float, steps: int, starved: bool
+    ) -> None:
+        trajectory = Trajectory(
+            probe_size=100,
+            num_images=100,
+            steps=steps,
+            source=Predictions(torch.full((100, 10), 0.1)),
+            adapted={},
+            signals={},
+            used_fraction=used_fraction,
+        )
+        assert adaptation_starved(trajectory) is starved
+
+    def test_the_builtin_imagenet_estimate_falls_back_to_average_confidence(self) -> None:
+        """A 1000-class head whose softmax is nearly flat: no sample gets under the entropy
+        threshold, nothing adapts, and the paper's map would answer its no-flip value (about
+        71 %). The estimate is average confidence instead, with AC's own error as interval."""
+        torch.manual_seed(0)
+        model = tiny(num_classes=1000, in_channels=3).eval()
+        spec = SPEC.model_copy(update={"num_classes": 1000, "imagenet": True})
+        config = EstimateConfig(steps=50, checkpoints=(0, 50), probe_size=100)
+
+        result = estimate(model, blob_images(128, seed=2), spec=spec, config=config)
+
+        ac = result.baselines["ac"]
+        assert ac is not None and ac < 0.01
+        assert (result.used_fraction, result.weighted_flips) == (0.0, 0.0)
+        assert result.estimated_accuracy == ac
+        assert (result.signal, result.signal_value) == ("ac", ac)
+        assert result.estimator == "fallback: min(ac, fit:wf@50)"
+        assert result.estimator_inputs == {"wf@50": 0.0, "ac": ac}
+        assert result.calibration == "builtin-imagenet"
+        assert result.calibration_mae == PAPER_AC_MAE
+        assert result.lower == 0.0
+        assert result.upper == pytest.approx(ac + math.log(10) * PAPER_AC_MAE)
+        assert any("less than one batch in all" in w for w in result.warnings)
+
+    def test_a_fitted_calibration_keeps_its_estimator_and_only_warns(self) -> None:
+        """A fitted calibration measured what its own estimator does on such windows."""
+        torch.manual_seed(0)
+        model = tiny(num_classes=1000, in_channels=3).eval()
+        spec = SPEC.model_copy(update={"num_classes": 1000})
+        fit = Fit("wf", 50, QuadraticMap(0.0, -1e-3, 0.6, 0.0, 1000.0), mae=0.05)
+        calibration = Calibration(
+            model_name="tiny",
+            num_classes=1000,
+            probe_size=100,
+            steps=50,
+            source="fitted",
+            fits=(fit,),
+            selected=fit.key,
+        )
+        config = EstimateConfig(steps=50, checkpoints=(0, 50), probe_size=100)
+
+        result = estimate(
+            model, blob_images(128, seed=2), spec=spec, calibration=calibration, config=config
+        )
+
+        assert result.used_fraction == 0.0
+        assert (result.estimator, result.signal) == ("fit:wf@50", "wf@50")
+        assert result.estimated_accuracy == pytest.approx(0.6)
+        assert any("less than one batch in all" in w for w in result.warnings)
 
 
 if __name__ == "__main__":  # prints the golden values (CPU, 1 thread)

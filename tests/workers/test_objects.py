@@ -154,7 +154,12 @@ class TestJobsOnS3:
     ) -> None:
         write_image_folder(window_images(100, seed=1), tmp_path / "ref", torch.arange(100) % 10)
         _, calibration_id, job_id = setup_calibration(
-            session_factory, s3_settings, tiny_weights, tmp_path / "ref", {"steps": 4}
+            session_factory,
+            s3_settings,
+            tiny_weights,
+            tmp_path / "ref",
+            # what is under test is where the reference set comes from: the smallest suite
+            {"steps": 4, "families": ["gaussian_noise"], "severities": [2]},
         )
 
         outcome = run(session_factory, s3_settings, job_id, ModelCache())

@@ -371,6 +371,12 @@ _PAPER_REFITS = {
 }
 
 
+# AC's average MAE over the paper's 23 datasets (RN-50, spec §9.1 Table 1): the error the
+# built-in calibration owns up to when it must fall back on average confidence.
+PAPER_AC_MAE = 0.2602
+BUILTIN_SOURCE = "builtin-imagenet"
+
+
 def builtin_calibration(spec: ModelSpec) -> Calibration | None:
     """The paper's ImageNet calibration for `imagenet: true` specs, else None."""
     if not spec.imagenet:
@@ -384,7 +390,7 @@ def builtin_calibration(spec: ModelSpec) -> Calibration | None:
         num_classes=spec.num_classes,
         probe_size=1000,
         steps=1000,
-        source="builtin-imagenet",
+        source=BUILTIN_SOURCE,
         fits=tuple(fits),
         selected="wf@1000",
     )
