@@ -47,7 +47,7 @@ def adaptation_starved(trajectory: Trajectory) -> bool:
     It happens when the copy on batch statistics is unsure of nearly every image: under a shift
     that leaves no image recognisable, or in a window too uniform for batch statistics (crops of
     one or a few scenes: measured on EfficientNet-Lite0, the batch-statistics copy agreed with the
-    source model on 0 % of 64 crops of one photo and 33 % of crops of eight, and no crop passed
+    source model on 0 % of 64 crops of one photo and 31 % of crops of eight, and no crop passed
     the entropy filter; `benchmarks/imagenet_severity.py`).
     """
     return trajectory.steps > 0 and trajectory.used_fraction * trajectory.steps < 1.0
