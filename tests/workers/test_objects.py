@@ -159,7 +159,7 @@ class TestJobsOnS3:
             tiny_weights,
             tmp_path / "ref",
             # what is under test is where the reference set comes from: the smallest suite
-            {"steps": 4, "families": ["gaussian_noise"], "severities": [2]},
+            {"steps": 4, "families": ["gaussian_noise"], "severities": [2, 4]},
         )
 
         outcome = run(session_factory, s3_settings, job_id, ModelCache())
