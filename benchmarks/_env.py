@@ -23,6 +23,9 @@ def environment(device: torch.device | None = None) -> dict[str, object]:
         "torch": torch.__version__,
         "platform": platform.platform(),
         "cpu": cpu_name(),
+        # the vector unit torch's kernels use ("AVX2", "AVX512"): two "AMD EPYC" VMs measured
+        # here differ 3-4x in torch speed by it, and only AVX-512 ones have native bf16
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda_available": torch.cuda.is_available(),
