@@ -242,7 +242,7 @@ class TestPlans:
     ):
         plan = fastpath.choose_plan(tiny_model, tiny_spec, CPU, batch_size=64)
         bf16 = fastpath.cpu_supports_bf16()
-        assert plan == fastpath.FastPlan(CPU, channels_last=bf16, bf16=bf16)
+        assert plan == fastpath.FastPlan(CPU, channels_last=True, bf16=bf16)
 
     def test_tuned_choice_measures_once_per_model_shape(self, tiny_model, tiny_spec):
         first = fastpath.choose_plan(tiny_model, tiny_spec, CPU, batch_size=64, tune=True)

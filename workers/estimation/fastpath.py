@@ -14,10 +14,13 @@ differently:
   momentum and EMA exactly as the reference does (it skips `optimizer.step`).
 * Per device a `FastPlan` chooses memory format, bf16 autocast (BN statistics, softmax, entropy
   and the loss stay fp32), threads and `torch.compile`. The plan is a fixed rule per device, never
-  a timing (CPU: fp32 in the default memory format, whose results do not depend on the thread
-  count either, or channels_last + bf16 where the processor has native bf16; CUDA: bf16 +
-  channels_last + compile with an eager fallback): a timed choice would flip with the machine's
-  load, and with it the rounding, so two workers could give one window two estimates.
+  a timing (CPU: channels_last, with bf16 autocast where the processor has native bf16; CUDA:
+  bf16 + channels_last + compile with an eager fallback): a timed choice would flip with the
+  machine's load, and with it the rounding, so two workers could give one window two estimates.
+  channels_last is fp32's faster format too: on an AVX2-only CPU the demo CNN's step ran 1.37×
+  the plain loop with it and 0.99× contiguous (benchmarks/results/estimate_speed_demo_cpu_avx2*).
+  Its results, like bf16's, depend on the thread count in the last bits, so workers that must
+  agree to the bit run the same number of threads.
   `choose_plan(tune=True)` times the CPU candidates on the model itself, for benchmarks.
 * Probe snapshots run in `torch.inference_mode`; the source model's probe predictions (eval mode,
   running statistics, so independent of the chunking) run once, in large batches, in fp32.
@@ -496,9 +499,9 @@ def choose_plan(
 ) -> FastPlan:
     """The fast plan for this model on this device.
 
-    CUDA: fixed (`cuda_plan`). CPU: fp32 in the default memory format (the same numbers with 1 or
-    2 threads), or channels_last with bf16 autocast where the processor has native bf16; the same
-    on every run, so estimates are reproducible. With `tune` each candidate
+    CUDA: fixed (`cuda_plan`). CPU: channels_last, with bf16 autocast where the processor has
+    native bf16; the same on every run, so estimates are reproducible for a given thread count.
+    With `tune` each candidate
     (memory format × native bf16 × threads) runs a few forward+backward passes of the model on
     random input and the fastest wins (benchmarks). Plans are cached per model shape, input size,
     batch size and thread count.
@@ -521,8 +524,7 @@ def choose_plan(
         return cached
     candidates = cpu_candidates(threads)
     if not tune or len(candidates) == 1:
-        bf16 = cpu_supports_bf16()  # native bf16 kernels want channels_last
-        plan = FastPlan(device=torch.device("cpu"), channels_last=bf16, bf16=bf16)
+        plan = FastPlan(device=torch.device("cpu"), channels_last=True, bf16=cpu_supports_bf16())
     else:
         timings = time_candidates(model, spec, candidates, batch_size=batch_size)
         plan = min(timings, key=timings.__getitem__)
