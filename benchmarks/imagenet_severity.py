@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._env import environment  # noqa: E402
 from flipwatch.workers.estimation import EstimateConfig, ModelSpec, estimate, load_model  # noqa: E402
+from flipwatch.workers.estimation.adapt import entropy  # noqa: E402
 from flipwatch.workers.estimation.config import entropy_threshold  # noqa: E402
 from flipwatch.workers.estimation.corruptions import corrupt  # noqa: E402
 from flipwatch.workers.estimation.images import normalize  # noqa: E402
@@ -84,14 +85,14 @@ def load_photo(package: str, name: str) -> torch.Tensor:
     return t[..., :3].permute(2, 0, 1)
 
 
-def photo_crops(n: int, seed: int = 0) -> torch.Tensor:
+def photo_crops(n: int, seed: int = 0, photos: Sequence[tuple[str, str]] = PHOTOS) -> torch.Tensor:
     """n uint8 (3, 224, 224) random square crops (50–100 % of the short side, half of them
-    mirrored) of random photos from PHOTOS."""
-    photos = [load_photo(package, name) for package, name in PHOTOS]
+    mirrored) of random photos from `photos`."""
+    images = [load_photo(package, name) for package, name in photos]
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n):
-        photo = photos[int(torch.randint(len(photos), (1,), generator=g))]
+        photo = images[int(torch.randint(len(images), (1,), generator=g))]
         short = min(photo.shape[1:])
         side = int(short * (0.5 + 0.5 * float(torch.rand(1, generator=g))))
         top = int(torch.randint(0, photo.shape[1] - side + 1, (1,), generator=g))
@@ -110,30 +111,26 @@ def batch_statistics_diagnostics(
     """Per number of photos: 64 clean crops, the source model (running statistics) against a
     copy on batch statistics: agreement of their top-1, the copy's mean top probability and the
     share of its predictions under the entropy threshold (what may adapt)."""
-    global PHOTOS
-    every = PHOTOS
     e0 = entropy_threshold(spec.num_classes)
     copy = deepcopy(model).train()
     rows = []
-    try:
-        for k in photos:
-            PHOTOS = every[:k]
-            x = normalize(photo_crops(64, seed=3), spec.input, device=torch.device("cpu"))
-            with torch.inference_mode():
-                source, batch = model(x).softmax(1), copy(x).softmax(1)
-            entropy = -(batch * batch.clamp_min(1e-12).log()).sum(1)
-            rows.append(
-                {
-                    "photos": k,
-                    "top1_agreement": round(
-                        float((source.argmax(1) == batch.argmax(1)).float().mean()), 3
-                    ),
-                    "batch_statistics_top_probability": round(float(batch.max(1).values.mean()), 3),
-                    "passes_entropy_filter": round(float((entropy < e0).float().mean()), 3),
-                }
-            )
-    finally:
-        PHOTOS = every
+    for k in photos:
+        crops = photo_crops(64, seed=3, photos=PHOTOS[:k])
+        x = normalize(crops, spec.input, device=torch.device("cpu"))
+        with torch.inference_mode():
+            source, batch = model(x), copy(x)
+        rows.append(
+            {
+                "photos": k,
+                "top1_agreement": round(
+                    float((source.argmax(1) == batch.argmax(1)).float().mean()), 3
+                ),
+                "batch_statistics_top_probability": round(
+                    float(batch.softmax(1).max(1).values.mean()), 3
+                ),
+                "passes_entropy_filter": round(float((entropy(batch) < e0).float().mean()), 3),
+            }
+        )
     return rows
 
 
