@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -35,3 +37,28 @@ def blob_images(n: int, *, seed: int = 0) -> torch.Tensor:
     base = torch.rand(n, 3, 8, 8, generator=g)
     up = torch.nn.functional.interpolate(base, size=32, mode="bilinear", align_corners=False)
     return (up * 255).round().to(torch.uint8)
+
+
+class AuxOutputs(NamedTuple):
+    logits: torch.Tensor
+    aux_logits: torch.Tensor
+
+
+class WithAuxHead(nn.Module):
+    """`model` with an auxiliary head in train mode, like torchvision's GoogLeNet and Inception
+    v3: a named tuple (logits, aux_logits) there, the logits alone in eval mode. The aux head
+    pools its input to `aux_size` pixels and so fails on smaller inputs, as theirs do."""
+
+    def __init__(self, model: nn.Module, *, aux_size: int = 8) -> None:
+        super().__init__()
+        self.model = model
+        self.aux_size = aux_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | AuxOutputs:
+        logits = self.model(x)
+        if not self.training:
+            return logits
+        if min(x.shape[-2:]) < self.aux_size:
+            raise RuntimeError(f"aux head needs {self.aux_size} px, got {tuple(x.shape[-2:])}")
+        pooled = nn.functional.adaptive_avg_pool2d(x, self.aux_size).flatten(1)
+        return AuxOutputs(logits, pooled[:, : logits.shape[1]])

@@ -1,6 +1,7 @@
 """Spec §2, §3 and §11: the adaptation copy and one RDumb step."""
 
 import math
+from collections import namedtuple
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from flipwatch.workers.estimation.adapt import (
     batchnorm_layers,
     bn_affine_parameters,
     entropy,
+    logits_of,
     prepare_adaptation_copy,
     set_mode,
 )
@@ -23,6 +25,30 @@ def _batch(images: torch.Tensor, spec) -> torch.Tensor:
 
 def test_entropy_of_uniform_logits_is_log_c():
     assert float(entropy(torch.zeros(1, 10))) == pytest.approx(math.log(10))
+
+
+class TestLogitsOf:
+    def test_a_tensor_is_the_logits(self):
+        out = torch.ones(2, 3)
+        assert logits_of(out) is out
+
+    def test_a_named_tuple_gives_its_logits_field_wherever_it_stands(self):
+        outputs = namedtuple("Outputs", "aux_logits logits")
+        out = outputs(torch.zeros(2, 3), torch.ones(2, 3))
+        assert logits_of(out) is out.logits
+
+    def test_a_plain_tuple_gives_its_first_element(self):
+        logits, features = torch.ones(2, 3), torch.zeros(2, 8)
+        assert logits_of((logits, features)) is logits
+
+    def test_a_dict_gives_its_logits_key(self):
+        logits = torch.ones(2, 3)
+        assert logits_of({"features": torch.zeros(2, 8), "logits": logits}) is logits
+
+    @pytest.mark.parametrize("out", ["text", (), {"out": torch.ones(2, 3)}, ("text",)])
+    def test_anything_else_is_a_type_error_naming_what_came_back(self, out):
+        with pytest.raises(TypeError, match=f"returned a {type(out).__name__}, not logits"):
+            logits_of(out)
 
 
 class TestPrepareAdaptationCopy:

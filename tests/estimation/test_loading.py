@@ -10,7 +10,7 @@ from flipwatch.workers.estimation.loading import ModelLoadError, load_model, res
 from flipwatch.workers.estimation.spec import ModelSpec
 from flipwatch.workers.estimation.trajectory import run_trajectory
 from flipwatch.workers.estimation.zoo import tiny
-from tests.tiny_models import no_batchnorm
+from tests.tiny_models import WithAuxHead, no_batchnorm
 
 NO_BATCHNORM = "tests.tiny_models:no_batchnorm"
 
@@ -27,6 +27,20 @@ def tiny_weights(tmp_path):
     path = tmp_path / "tiny.pt"
     torch.save(tiny().state_dict(), path)
     return path
+
+
+class _AuxTiny(WithAuxHead):
+    """WithAuxHead whose state dict is the tiny model's own (no `model.` prefix)."""
+
+    def state_dict(self, *args, **kwargs):
+        return self.model.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state, strict=True, assign=False):
+        return self.model.load_state_dict(state, strict=strict, assign=assign)
+
+
+def _aux_tiny(num_classes: int, aux_size: int) -> WithAuxHead:
+    return _AuxTiny(tiny(num_classes=num_classes), aux_size=aux_size)
 
 
 class TestFormats:
@@ -111,6 +125,17 @@ class TestRefusals:
         torch.jit.trace(tiny_model, torch.rand(2, 3, 32, 32)).save(str(path))
         with pytest.raises(ModelLoadError, match="torch.jit.script"):
             load_model(_spec(format="torchscript", weights=str(path)))
+
+    def test_model_that_fails_only_in_train_mode_is_refused_at_load(self, tiny_weights):
+        # Inception v3's auxiliary head needs larger inputs than its main one, in train mode only
+        spec = _spec(format="entrypoint", entrypoint="aux", weights=str(tiny_weights))
+        with pytest.raises(ModelLoadError, match=r"fails in train mode.*\(4, 3, 32, 32\) input"):
+            load_model(spec, builders={"aux": lambda num_classes: _aux_tiny(num_classes, 64)})
+
+    def test_model_with_auxiliary_outputs_in_train_mode_loads(self, tiny_weights):
+        spec = _spec(format="entrypoint", entrypoint="aux", weights=str(tiny_weights))
+        model = load_model(spec, builders={"aux": lambda num_classes: _aux_tiny(num_classes, 8)})
+        assert isinstance(model, WithAuxHead)
 
     def test_model_without_batchnorm(self):
         spec = _spec(format="entrypoint", entrypoint="no_batchnorm")

@@ -1,5 +1,8 @@
 """Spec §4 and §11: batches, probe snapshots and the signals of one trajectory."""
 
+import copy
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -12,6 +15,7 @@ from flipwatch.workers.estimation.trajectory import (
     resolve_device,
     run_trajectory,
 )
+from tests.tiny_models import WithAuxHead
 
 SMALL = EstimateConfig(steps=12, checkpoints=(0, 6, 12), probe_size=200, epsilon=1.0)
 
@@ -68,6 +72,20 @@ class TestRunTrajectory:
         assert t.signals["uf_source"][12] == pytest.approx(1000 * float(changed), abs=1e-9)
         assert t.used_fraction > 0  # with ε = 1 some samples pass the filters and adapt
         assert t.source.features is not None and t.source.features.shape == (200, 16)
+
+    @pytest.mark.parametrize("fast", [False, True], ids=["plain", "fast"])
+    def test_auxiliary_outputs_in_train_mode_adapt_as_the_main_head_alone(
+        self, tiny_model, tiny_spec, tiny_images, fast
+    ):
+        # GoogLeNet and Inception v3 return (logits, aux logits) where adaptation runs them
+        config = replace(SMALL, fast=fast)
+        cpu = torch.device("cpu")
+        plain = run_trajectory(tiny_model, tiny_images, spec=tiny_spec, config=config, device=cpu)
+        aux = WithAuxHead(copy.deepcopy(tiny_model)).eval()
+        both = run_trajectory(aux, tiny_images, spec=tiny_spec, config=config, device=cpu)
+        assert plain.used_fraction > 0
+        assert both.signals == plain.signals
+        assert torch.equal(both.adapted[12].probs, plain.adapted[12].probs)
 
     def test_source_model_is_untouched(self, tiny_model, tiny_spec, tiny_images):
         before = {k: v.clone() for k, v in tiny_model.state_dict().items()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -83,6 +84,30 @@ def set_mode(adapted: nn.Module, *, train: bool) -> None:
             layer.train(True)
 
 
+def logits_of(output: object) -> Tensor:
+    """The class logits in what a classifier's forward returned.
+
+    Adaptation runs the copy in train mode, as the reference does, and there some classifiers
+    return more than logits: torchvision's GoogLeNet and Inception v3 return named tuples with
+    auxiliary heads' logits beside the main ones, others a `(logits, features)` tuple or a dict.
+    Rule: a tensor is the logits; else a `logits` attribute or key; else the first element of
+    a tuple or list (the main output by convention). TypeError when none of these is a tensor.
+    """
+    if isinstance(output, Tensor):
+        return output
+    found = getattr(output, "logits", None)
+    if found is None and isinstance(output, Mapping):
+        found = output.get("logits")
+    if found is None and isinstance(output, (tuple, list)) and output:
+        found = output[0]
+    if not isinstance(found, Tensor):
+        raise TypeError(
+            f"the model returned a {type(output).__name__}, not logits: return a tensor, or a "
+            "tuple whose first element, or an object or dict whose 'logits', is the logits"
+        )
+    return found
+
+
 def bn_affine_parameters(model: nn.Module) -> list[nn.Parameter]:
     params: list[nn.Parameter] = []
     for layer in batchnorm_layers(model):
@@ -145,7 +170,7 @@ class RDumb:
         if self.k % self.reset_interval == 0:
             self.reset()
         set_mode(self.model, train=True)
-        logits = self.model(x)
+        logits = logits_of(self.model(x))
         h = entropy(logits)
         reliable = torch.nonzero(h < self.e0).flatten()
         probs = F.softmax(logits[reliable], dim=1).detach()

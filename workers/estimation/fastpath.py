@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flipwatch.workers.estimation.adapt import is_scripted
+from flipwatch.workers.estimation.adapt import is_scripted, logits_of
 from flipwatch.workers.estimation.config import (
     EstimateConfig,
     default_epsilon,
@@ -298,13 +298,13 @@ class GroupedRDumb:
     def _logits(self, x: Tensor) -> Tensor:
         with self._autocast():
             if not self._compiled:
-                return self.model(x)
+                return logits_of(self.model(x))
             try:
-                return self._forward(x)
+                return logits_of(self._forward(x))
             except Exception as exc:  # noqa: BLE001 - any compiler failure falls back to eager
                 log.warning("torch.compile failed (%s); the step runs eagerly", exc)
                 self._forward, self._compiled = self.model, False
-                return self.model(x)
+                return logits_of(self.model(x))
 
     def step(self, x: Tensor) -> None:
         """One RDumb step for every group; x is (V·B, C, H, W), normalised, group-major."""
@@ -383,7 +383,7 @@ class GroupedRDumb:
             for start in range(0, n, chunk_size):
                 chunk = probes[:, start : start + chunk_size]
                 x = self.normalize(chunk.flatten(0, 1), spec)
-                logits = self.model(x).float()
+                logits = logits_of(self.model(x)).float()
                 out.append(F.softmax(logits, dim=1).view(v, chunk.shape[1], -1))
         self.model.train(True)
         feats = None if extractor is None else extractor.features
@@ -447,7 +447,7 @@ class SourceModel:
                     self.plan.device,
                     channels_last=self.plan.channels_last,
                 )
-                out.append(F.softmax(self.model(x).float(), dim=1))
+                out.append(F.softmax(logits_of(self.model(x)).float(), dim=1))
         feats = None if extractor is None else extractor.features
         return torch.cat(out), None if feats is None else feats.float()
 
@@ -587,7 +587,7 @@ def _time_backward(rdumb: GroupedRDumb, images: Tensor, spec: InputSpec, *, repe
 
     def once() -> None:
         with rdumb._autocast():
-            logits = rdumb.model(x).float()
+            logits = logits_of(rdumb.model(x)).float()
         torch.autograd.grad(logits.logsumexp(1).mean(), rdumb.state.flat)
 
     once()  # warm-up: allocator, oneDNN primitive cache

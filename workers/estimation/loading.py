@@ -12,7 +12,12 @@ import torchvision
 from torch import nn
 
 from flipwatch.workers.estimation import zoo
-from flipwatch.workers.estimation.adapt import batchnorm_layers, prepare_adaptation_copy, set_mode
+from flipwatch.workers.estimation.adapt import (
+    batchnorm_layers,
+    logits_of,
+    prepare_adaptation_copy,
+    set_mode,
+)
 from flipwatch.workers.estimation.spec import ModelSpec
 
 
@@ -64,7 +69,8 @@ def load_model(spec: ModelSpec, builders: Mapping[str, Builder] | None = None) -
             "affine parameters, so it cannot estimate this model's accuracy"
         )
     _check_output(model, spec)
-    if spec.format == "torchscript" and not _adapts_with_batch_statistics(model, spec):
+    adapted = _check_adaptation_output(model, spec)
+    if spec.format == "torchscript" and not _adapts_with_batch_statistics(adapted, spec):
         raise ModelLoadError(
             f"model {spec.name!r}: its BatchNorm layers ignore batch statistics after adaptation "
             "is prepared, as in a module traced in eval mode (torch.jit.trace bakes the mode in); "
@@ -160,13 +166,17 @@ def _check_output(model: nn.Module, spec: ModelSpec) -> None:
     x = torch.zeros(2, spec.input.channels, height, width)
     try:
         with torch.no_grad():
-            out = model(x)
+            raw = model(x)
     except Exception as exc:  # noqa: BLE001 - any failure here means the spec does not fit
         raise ModelLoadError(
             f"model {spec.name!r} fails on a {tuple(x.shape)} input (check input.color and "
             f"input.size): {_first_lines(str(exc))}"
         ) from exc
-    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+    try:
+        out = logits_of(raw)
+    except TypeError as exc:
+        raise ModelLoadError(f"model {spec.name!r}: {exc}") from exc
+    if out.ndim != 2:
         raise ModelLoadError(f"model {spec.name!r} must return (N, num_classes) logits")
     if out.shape[1] != spec.num_classes:
         raise ModelLoadError(
@@ -175,10 +185,39 @@ def _check_output(model: nn.Module, spec: ModelSpec) -> None:
         )
 
 
-def _adapts_with_batch_statistics(model: nn.Module, spec: ModelSpec) -> bool:
+def _check_adaptation_output(model: nn.Module, spec: ModelSpec) -> nn.Module:
+    """The adaptation copy, checked to give logits in train mode, where adaptation runs it.
+
+    Train mode can take another path than eval mode: torchvision's Inception v3 and GoogLeNet
+    run auxiliary heads there, which need larger inputs than the main one and return named
+    tuples. A model that fails only there would pass registration and fail every estimate.
+    """
+    adapted = prepare_adaptation_copy(model)
+    set_mode(adapted, train=True)
+    height, width = spec.input.size
+    x = torch.rand(
+        4, spec.input.channels, height, width, generator=torch.Generator().manual_seed(0)
+    )
+    try:
+        with torch.no_grad():
+            out = logits_of(adapted(x))
+    except Exception as exc:  # noqa: BLE001 - any failure here means adaptation cannot run it
+        raise ModelLoadError(
+            f"model {spec.name!r} fails in train mode, which adaptation runs it in, on a "
+            f"{tuple(x.shape)} input (auxiliary heads may need a larger input.size): "
+            f"{_first_lines(str(exc))}"
+        ) from exc
+    if out.shape != (len(x), spec.num_classes):
+        raise ModelLoadError(
+            f"model {spec.name!r} returns logits of shape {tuple(out.shape)} in train mode, "
+            f"not ({len(x)}, {spec.num_classes})"
+        )
+    return adapted
+
+
+def _adapts_with_batch_statistics(adapted: nn.Module, spec: ModelSpec) -> bool:
     """Whether the adaptation copy normalises with batch statistics, as WF needs: then one
     image's output depends on the other images in its batch."""
-    adapted = prepare_adaptation_copy(model)
     set_mode(adapted, train=False)
     height, width = spec.input.size
     generator = torch.Generator().manual_seed(0)
@@ -186,7 +225,7 @@ def _adapts_with_batch_statistics(model: nn.Module, spec: ModelSpec) -> bool:
     other = x.clone()
     other[1:] = torch.rand(3, spec.input.channels, height, width, generator=generator)
     with torch.no_grad():
-        return not torch.allclose(adapted(x)[0], adapted(other)[0])
+        return not torch.allclose(logits_of(adapted(x))[0], logits_of(adapted(other))[0])
 
 
 def _first_lines(text: str, n: int = 3) -> str:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flipwatch.workers.estimation.adapt import RDumb, prepare_adaptation_copy, set_mode
+from flipwatch.workers.estimation.adapt import RDumb, logits_of, prepare_adaptation_copy, set_mode
 from flipwatch.workers.estimation.config import EstimateConfig, default_epsilon
 from flipwatch.workers.estimation.embeddings import FeatureExtractor
 from flipwatch.workers.estimation.flips import per_reference_probe, unweighted_flips, weighted_flips
@@ -112,7 +112,7 @@ def predict(
     with extractor or contextlib.nullcontext():
         for start in range(0, len(images), chunk_size):
             x = normalize(images[start : start + chunk_size], spec.input, device=device)
-            probs.append(F.softmax(model(x).float(), dim=1).cpu())
+            probs.append(F.softmax(logits_of(model(x)).float(), dim=1).cpu())
     feats = None if extractor is None or extractor.features is None else extractor.features
     return Predictions(torch.cat(probs), None if feats is None else feats.float().cpu())
 
