@@ -12,6 +12,7 @@ from flipwatch.workers.estimation.calibration import (
     leave_one_group_out_mae,
 )
 from flipwatch.workers.estimation.variants import CalibrationPoint, calibration_variants
+from tests.tiny_models import confident_tiny
 
 
 def _point(family: str, accuracy: float, good: float, noise: float) -> CalibrationPoint:
@@ -96,6 +97,15 @@ class TestCalibrate:
             calibrate(
                 tiny_model, tiny_images, torch.full((300,), 10, dtype=torch.long), spec=tiny_spec
             )
+
+
+def test_a_model_with_nan_outputs_is_refused_before_any_variant_runs(tiny_spec, tiny_images):
+    broken = confident_tiny()
+    with torch.no_grad():
+        broken.fc.bias[0] = float("nan")
+    labels = torch.arange(len(tiny_images)) % 10
+    with pytest.raises(ValueError, match="NaN or inf on 300 of 300 reference images"):
+        calibrate(broken, tiny_images, labels, spec=tiny_spec, config=CONFIG, families=["contrast"])
 
 
 def test_a_suite_too_small_to_score_is_refused_naming_the_fix():

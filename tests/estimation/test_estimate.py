@@ -12,6 +12,7 @@ CPU; a flip caused by such a difference would move a signal by 5 per 1000, far o
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -190,6 +191,18 @@ class TestEstimate:
     ) -> None:
         with pytest.raises(CalibrationMissing, match="run `flipwatch calibrate`"):
             estimate(model, window(), spec=SPEC, config=CONFIG)
+
+    @pytest.mark.parametrize("config", [CONFIG, PLAIN], ids=["fast", "plain"])
+    def test_a_model_whose_outputs_overflow_is_refused_saying_on_how_many_images(
+        self, model: torch.nn.Module, config: EstimateConfig
+    ) -> None:
+        broken = copy.deepcopy(model)
+        with torch.no_grad():
+            broken.fc.bias[3] = float("inf")  # softmax of an infinite logit is NaN
+        with pytest.raises(ValueError, match="outputs are NaN or inf on 200 of 200 probe images"):
+            estimate(
+                broken, window(), spec=SPEC, calibration=make_calibration(model), config=config
+            )
 
     def test_refuses_a_calibration_for_another_class_count(self, model: torch.nn.Module) -> None:
         spec = SPEC.model_copy(update={"num_classes": 5})

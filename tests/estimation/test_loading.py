@@ -137,6 +137,17 @@ class TestRefusals:
         model = load_model(spec, builders={"aux": lambda num_classes: _aux_tiny(num_classes, 8)})
         assert isinstance(model, WithAuxHead)
 
+    def test_weights_holding_nan_are_refused_naming_the_tensor(self, tmp_path):
+        torch.manual_seed(0)
+        model = tiny()
+        with torch.no_grad():
+            model.fc.weight[0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+        path = tmp_path / "diverged.pt"
+        torch.save(model.state_dict(), path)
+        spec = _spec(format="entrypoint", entrypoint="tiny", weights=str(path))
+        with pytest.raises(ModelLoadError, match="fc.weight holds 3 NaN or inf values of 160"):
+            load_model(spec)
+
     def test_model_without_batchnorm(self):
         spec = _spec(format="entrypoint", entrypoint="no_batchnorm")
         with pytest.raises(ModelLoadError, match="no BatchNorm2d layer"):

@@ -43,7 +43,13 @@ from flipwatch.workers.estimation.flips import fit_monotone_map
 from flipwatch.workers.estimation.label_shift import confusion_matrix
 from flipwatch.workers.estimation.selection import FeatureTable, nested_selection, select
 from flipwatch.workers.estimation.spec import ModelSpec
-from flipwatch.workers.estimation.trajectory import Progress, Trajectory, predict, resolve_device
+from flipwatch.workers.estimation.trajectory import (
+    Progress,
+    Trajectory,
+    predict,
+    require_finite,
+    resolve_device,
+)
 from flipwatch.workers.estimation.variants import (
     CLEAN,
     DEFAULT_MIXES,
@@ -372,6 +378,7 @@ def reference_data(
     """What calibration keeps from the clean reference set: baselines' statistics, features,
     class means, the class prior, the confusion matrix and (when small enough) the images."""
     clean = predict(model, images, spec, device=device, chunk_size=256, features=True)
+    require_finite(clean.probs, "reference images")
     reference = BaselineReference.from_labeled(clean.probs, labels)
     features = clean.features
     stats = class_means = distance = None

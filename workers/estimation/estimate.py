@@ -31,6 +31,7 @@ from flipwatch.workers.estimation.spec import ModelSpec
 from flipwatch.workers.estimation.trajectory import (
     Progress,
     Trajectory,
+    require_finite,
     resolve_device,
     run_trajectory,
 )
@@ -113,6 +114,7 @@ def estimate(
     trajectory = run_trajectory(
         model, images, spec=spec, config=run_config, device=device, progress=progress
     )
+    require_finite(trajectory.source.probs, "probe images")
     signals = _named_signals(trajectory.signals, estimator.setting)
     baselines = baseline_estimates_for(
         trajectory.source.probs, calibration.baseline_reference, seed=config.seed

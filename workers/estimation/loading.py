@@ -68,6 +68,7 @@ def load_model(spec: ModelSpec, builders: Mapping[str, Builder] | None = None) -
             f"model {spec.name!r} has no BatchNorm2d layer: Weighted Flips adapts only BatchNorm "
             "affine parameters, so it cannot estimate this model's accuracy"
         )
+    _check_finite_weights(model, spec)
     _check_output(model, spec)
     adapted = _check_adaptation_output(model, spec)
     if spec.format == "torchscript" and not _adapts_with_batch_statistics(adapted, spec):
@@ -161,6 +162,17 @@ def _load_entrypoint(spec: ModelSpec, builders: Mapping[str, Builder]) -> nn.Mod
     return _load_state_dict(spec, model)
 
 
+def _check_finite_weights(model: nn.Module, spec: ModelSpec) -> None:
+    """Weights saved from a diverged run hold NaN or inf; say which tensor, not a later error."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ModelLoadError(
+                f"model {spec.name!r}: {name} holds {bad} NaN or inf values of "
+                f"{tensor.numel()} (weights from a diverged training run?)"
+            )
+
+
 def _check_output(model: nn.Module, spec: ModelSpec) -> None:
     height, width = spec.input.size
     x = torch.zeros(2, spec.input.channels, height, width)
@@ -178,6 +190,8 @@ def _check_output(model: nn.Module, spec: ModelSpec) -> None:
         raise ModelLoadError(f"model {spec.name!r}: {exc}") from exc
     if out.ndim != 2:
         raise ModelLoadError(f"model {spec.name!r} must return (N, num_classes) logits")
+    if not torch.isfinite(out).all():
+        raise ModelLoadError(f"model {spec.name!r} returns NaN or inf logits on a zeros input")
     if out.shape[1] != spec.num_classes:
         raise ModelLoadError(
             f"model {spec.name!r} returns {out.shape[1]} logits but the spec says num_classes "

@@ -117,6 +117,17 @@ def predict(
     return Predictions(torch.cat(probs), None if feats is None else feats.float().cpu())
 
 
+def require_finite(probs: Tensor, what: str) -> None:
+    """ValueError naming how many of `what` got NaN or inf outputs: broken weights or an
+    overflow, which would otherwise surface deep inside a flip count or a distance."""
+    bad = int((~torch.isfinite(probs)).any(dim=1).sum())
+    if bad:
+        raise ValueError(
+            f"the model's outputs are NaN or inf on {bad} of {len(probs)} {what}: its weights "
+            "or its arithmetic overflow there, and no estimate can be made from them"
+        )
+
+
 def batch_order(num_images: int, batch_size: int, steps: int, generator: torch.Generator) -> Tensor:
     """(steps, B) image indices: reshuffled full passes, trailing partial batch dropped (spec §4.1).
 
