@@ -62,6 +62,27 @@ class TestDecode:
         out = decode_image(_png(200, size=(16, 16)), _spec())
         assert out.shape == (3, 8, 8) and int(out.min()) == int(out.max()) == 200
 
+    @pytest.mark.parametrize("file_format", ["PNG", "TIFF"])
+    @pytest.mark.parametrize("color", ["L", "RGB"])
+    def test_sixteen_bit_grayscale_keeps_its_range_instead_of_saturating(self, file_format, color):
+        # 16-bit medical and industrial images: Pillow's own conversion clips them to white
+        levels = np.arange(256, dtype=np.uint16).reshape(16, 16)
+        out = io.BytesIO()
+        Image.fromarray(levels * 257).save(out, format=file_format)  # 0, 257, ..., 65535
+        decoded = decode_image(out.getvalue(), _spec(color=color, size=[16, 16]))
+        expected = torch.from_numpy(levels.astype(np.uint8)).expand(len(color), 16, 16)
+        assert torch.equal(decoded, expected)
+
+    def test_float_pixels_are_refused_with_the_reason(self):
+        out = io.BytesIO()
+        Image.fromarray(np.full((8, 8), 0.5, dtype=np.float32)).save(out, format="TIFF")
+        with pytest.raises(ImageError) as caught:
+            decode_image(out.getvalue(), _spec(), name="scan.tif")
+        assert caught.value.problems == {
+            "scan.tif": "32-bit float pixels have no fixed value range; save the image with 8 or "
+            "16 bits"
+        }
+
     def test_a_file_that_is_no_image_is_named_with_its_reason(self):
         with pytest.raises(ImageError, match="notes.txt: not a readable image") as caught:
             decode_image(b"hello", _spec(), name="notes.txt")

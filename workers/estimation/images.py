@@ -33,6 +33,26 @@ class ImageError(ValueError):
         self.problems = problems or {}
 
 
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+
+
+def to_eight_bit(image: Image.Image) -> Image.Image:
+    """High-bit-depth grayscale as 8-bit, the full 16-bit range onto 0..255 (value / 257).
+
+    Pillow's own `convert` saturates such pixels at 255, so a 16-bit PNG from a medical or
+    industrial camera would arrive nearly white. Mode `I` (32-bit) is read as 16-bit data, the
+    usual source of it, and clipped. Float images (mode `F`) have no fixed range and are refused.
+    """
+    if image.mode == "F":
+        raise ValueError(
+            "32-bit float pixels have no fixed value range; save the image with 8 or 16 bits"
+        )
+    if image.mode not in SIXTEEN_BIT_MODES:
+        return image
+    values = np.asarray(image).astype(np.float64) / 257.0
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+
+
 def to_model_input(image: Image.Image, spec: InputSpec) -> Tensor:
     """PIL image -> uint8 (C, H, W) in the spec's color mode and size.
 
@@ -41,7 +61,7 @@ def to_model_input(image: Image.Image, spec: InputSpec) -> Tensor:
     otherwise the image is stretched to `size`.
     """
     height, width = spec.size
-    image = image.convert(spec.color)
+    image = to_eight_bit(image).convert(spec.color)
     if spec.resize or spec.center_crop:
         short = spec.resize or max(height, width)
         scale = short / min(image.size)
