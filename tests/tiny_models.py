@@ -62,3 +62,15 @@ class WithAuxHead(nn.Module):
             raise RuntimeError(f"aux head needs {self.aux_size} px, got {tuple(x.shape[-2:])}")
         pooled = nn.functional.adaptive_avg_pool2d(x, self.aux_size).flatten(1)
         return AuxOutputs(logits, pooled[:, : logits.shape[1]])
+
+
+class TwoLogits(nn.Module):
+    """A one-logit (sigmoid) binary `model` written as its two-class softmax: (−z/2, z/2)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        half = self.model(x) / 2
+        return torch.cat([-half, half], dim=1)

@@ -45,6 +45,12 @@ class TestLogitsOf:
         logits = torch.ones(2, 3)
         assert logits_of({"features": torch.zeros(2, 8), "logits": logits}) is logits
 
+    def test_a_single_logit_is_a_binary_sigmoid_classifier(self):
+        z = torch.tensor([[0.0], [2.0], [-1.0]])
+        logits = logits_of(z)
+        assert torch.equal(logits, torch.tensor([[0.0, 0.0], [-1.0, 1.0], [0.5, -0.5]]))
+        torch.testing.assert_close(torch.softmax(logits, 1)[:, 1:], torch.sigmoid(z))
+
     @pytest.mark.parametrize("out", ["text", (), {"out": torch.ones(2, 3)}, ("text",)])
     def test_anything_else_is_a_type_error_naming_what_came_back(self, out):
         with pytest.raises(TypeError, match=f"returned a {type(out).__name__}, not logits"):

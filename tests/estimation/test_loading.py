@@ -148,6 +148,18 @@ class TestRefusals:
         with pytest.raises(ModelLoadError, match="fc.weight holds 3 NaN or inf values of 160"):
             load_model(spec)
 
+    def test_a_single_logit_model_is_a_two_class_model(self):
+        one_logit = {"sigmoid": lambda num_classes: tiny(num_classes=1)}
+        model = load_model(
+            _spec(format="entrypoint", entrypoint="sigmoid", num_classes=2), one_logit
+        )
+        assert model.fc.out_features == 1
+        spec = _spec(format="entrypoint", entrypoint="sigmoid", num_classes=10)
+        with pytest.raises(
+            ModelLoadError, match=r"returns one logit \(a binary sigmoid classifier"
+        ):
+            load_model(spec, one_logit)
+
     def test_model_without_batchnorm(self):
         spec = _spec(format="entrypoint", entrypoint="no_batchnorm")
         with pytest.raises(ModelLoadError, match="no BatchNorm2d layer"):

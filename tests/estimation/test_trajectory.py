@@ -15,7 +15,7 @@ from flipwatch.workers.estimation.trajectory import (
     resolve_device,
     run_trajectory,
 )
-from tests.tiny_models import WithAuxHead
+from tests.tiny_models import TwoLogits, WithAuxHead, confident_tiny
 
 SMALL = EstimateConfig(steps=12, checkpoints=(0, 6, 12), probe_size=200, epsilon=1.0)
 
@@ -86,6 +86,20 @@ class TestRunTrajectory:
         assert plain.used_fraction > 0
         assert both.signals == plain.signals
         assert torch.equal(both.adapted[12].probs, plain.adapted[12].probs)
+
+    @pytest.mark.parametrize("fast", [False, True], ids=["plain", "fast"])
+    def test_a_sigmoid_binary_model_adapts_as_its_two_logit_equivalent(
+        self, tiny_spec, tiny_images, fast
+    ):
+        single = confident_tiny(num_classes=1)  # one logit z per image (BCEWithLogitsLoss)
+        two = TwoLogits(copy.deepcopy(single)).eval()  # (−z/2, z/2), written out
+        spec = tiny_spec.model_copy(update={"num_classes": 2})
+        config, cpu = replace(SMALL, fast=fast), torch.device("cpu")
+        a = run_trajectory(single, tiny_images, spec=spec, config=config, device=cpu)
+        b = run_trajectory(two, tiny_images, spec=spec, config=config, device=cpu)
+        assert a.used_fraction > 0 and a.source.probs.shape == (200, 2)
+        assert a.signals == b.signals
+        assert torch.equal(a.adapted[12].probs, b.adapted[12].probs)
 
     def test_source_model_is_untouched(self, tiny_model, tiny_spec, tiny_images):
         before = {k: v.clone() for k, v in tiny_model.state_dict().items()}

@@ -92,9 +92,12 @@ def logits_of(output: object) -> Tensor:
     auxiliary heads' logits beside the main ones, others a `(logits, features)` tuple or a dict.
     Rule: a tensor is the logits; else a `logits` attribute or key; else the first element of
     a tuple or list (the main output by convention). TypeError when none of these is a tensor.
+    A single logit per image, (N, 1), is a binary classifier's sigmoid logit z (trained with
+    BCEWithLogitsLoss): it becomes the two-class logits (−z/2, z/2), whose softmax is
+    (1 − σ(z), σ(z)), so such a model is specified with num_classes 2.
     """
     if isinstance(output, Tensor):
-        return output
+        return _binary(output)
     found = getattr(output, "logits", None)
     if found is None and isinstance(output, Mapping):
         found = output.get("logits")
@@ -105,7 +108,14 @@ def logits_of(output: object) -> Tensor:
             f"the model returned a {type(output).__name__}, not logits: return a tensor, or a "
             "tuple whose first element, or an object or dict whose 'logits', is the logits"
         )
-    return found
+    return _binary(found)
+
+
+def _binary(logits: Tensor) -> Tensor:
+    if logits.ndim != 2 or logits.shape[1] != 1:
+        return logits
+    half = logits / 2
+    return torch.cat([-half, half], dim=1)
 
 
 def bn_affine_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -193,8 +193,11 @@ def _check_output(model: nn.Module, spec: ModelSpec) -> None:
     if not torch.isfinite(out).all():
         raise ModelLoadError(f"model {spec.name!r} returns NaN or inf logits on a zeros input")
     if out.shape[1] != spec.num_classes:
+        returned = "one logit (a binary sigmoid classifier: num_classes 2)"
+        if not (isinstance(raw, torch.Tensor) and raw.ndim == 2 and raw.shape[1] == 1):
+            returned = f"{out.shape[1]} logits"
         raise ModelLoadError(
-            f"model {spec.name!r} returns {out.shape[1]} logits but the spec says num_classes "
+            f"model {spec.name!r} returns {returned} but the spec says num_classes "
             f"{spec.num_classes}"
         )
 
