@@ -13,6 +13,7 @@ CPU; a flip caused by such a difference would move a signal by 5 per 1000, far o
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -26,7 +27,13 @@ from flipwatch.workers.estimation import (
     estimate,
 )
 from flipwatch.workers.estimation.baselines import BaselineReference
-from flipwatch.workers.estimation.calibration_result import PAPER_AC_MAE, Calibration, Fit
+from flipwatch.workers.estimation.calibration_result import (
+    PAPER_AC_MAE,
+    Calibration,
+    Fit,
+    IntervalSpec,
+)
+from flipwatch.workers.estimation.conformal import widened_half_width
 from flipwatch.workers.estimation.embeddings import feature_stats
 from flipwatch.workers.estimation.estimate import adaptation_starved
 from flipwatch.workers.estimation.flips import QuadraticMap
@@ -203,6 +210,22 @@ class TestEstimate:
             estimate(
                 broken, window(), spec=SPEC, calibration=make_calibration(model), config=config
             )
+
+    def test_a_window_of_copies_says_so_and_sizes_its_interval_for_the_distinct_images(
+        self, model: torch.nn.Module
+    ) -> None:
+        interval = IntervalSpec(level=0.9, half_width=0.05, spread=0.3, calibration_size=200)
+        calibration = dataclasses.replace(make_calibration(model), interval=interval)
+        copies = window()[:30].repeat(10, 1, 1, 1)  # 300 images, 30 distinct (a stuck camera)
+        result = estimate(model, copies, spec=SPEC, calibration=calibration, config=CONFIG)
+        half = widened_half_width(0.05, window_size=30, calibration_size=200, spread=0.3, level=0.9)
+        value = result.estimated_accuracy
+        assert (result.lower, result.upper) == (max(0.0, value - half), min(1.0, value + half))
+        assert (
+            "270 of the window's 300 images are exact duplicates (30 distinct): batch statistics "
+            "and flips see fewer images than the window holds (a stuck camera or a replayed "
+            "batch?); the interval is sized for 30 images"
+        ) in result.warnings
 
     def test_refuses_a_calibration_for_another_class_count(self, model: torch.nn.Module) -> None:
         spec = SPEC.model_copy(update={"num_classes": 5})

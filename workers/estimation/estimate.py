@@ -7,6 +7,7 @@ its trajectory setting (learning rate, batch size) and its interval come from th
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import replace
 
@@ -38,6 +39,9 @@ from flipwatch.workers.estimation.trajectory import (
 from flipwatch.workers.estimation.window_features import ReferenceSet, measure_window
 
 MIN_PROBE_FOR_TRUST = 100
+# Below this share of distinct images the window is mostly copies: say so, size the interval
+# for the distinct ones.
+DUPLICATE_SHARE_FOR_WARNING = 0.9
 EMBEDDING_KEYS = ("frechet", "silhouette", "centroid_shift", "class_distance")
 
 
@@ -133,8 +137,16 @@ def estimate(
             "not give (recalibrate the model with this flipwatch version)"
         )
     value = estimator(values)
-    lower, upper, level = _interval(calibration, value, trajectory.probe_size)
+    distinct = distinct_images(images)
+    lower, upper, level = _interval(calibration, value, min(trajectory.probe_size, distinct))
     warnings = _warnings(trajectory, calibration, config, estimator, fell_back)
+    if distinct < DUPLICATE_SHARE_FOR_WARNING * len(images):
+        warnings.append(
+            f"{len(images) - distinct} of the window's {len(images)} images are exact duplicates "
+            f"({distinct} distinct): batch statistics and flips see fewer images than the window "
+            "holds (a stuck camera or a replayed batch?); the interval is sized for "
+            f"{min(trajectory.probe_size, distinct)} images"
+        )
     primary = estimator.features[0]
     described = estimator.describe()
     inputs = {name: values[name] for name in estimator.features}
@@ -179,6 +191,12 @@ def estimate(
         reference_class_proportions=[float(v) for v in reference.prior],
         label_shift=window.label_shift,
     )
+
+
+def distinct_images(images: Tensor) -> int:
+    """How many different images (byte for byte) the window holds."""
+    flat = images.reshape(len(images), -1).cpu().contiguous().numpy()
+    return len({hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat})
 
 
 def _named_signals(
