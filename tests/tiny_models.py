@@ -74,3 +74,22 @@ class TwoLogits(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         half = self.model(x) / 2
         return torch.cat([-half, half], dim=1)
+
+
+class ViewFlattenNet(nn.Module):
+    """A hand-written 32×32 CNN that flattens its conv features with `.view`, which fails on
+    channels_last tensors (the fast path's layout), as many user models do."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16 * 8 * 8, num_classes)
+        with torch.no_grad():
+            self.fc.weight.mul_(40.0)  # confident, so samples pass the reliability filter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.max_pool2d(torch.relu(self.bn1(self.conv1(x))), 2)
+        x = nn.functional.max_pool2d(torch.relu(self.bn2(self.conv2(x))), 2)
+        return self.fc(x.view(x.size(0), -1))

@@ -21,7 +21,7 @@ from flipwatch.workers.estimation.fastpath import (
 )
 from flipwatch.workers.estimation.images import normalize
 from flipwatch.workers.estimation.trajectory import run_trajectory
-from tests.tiny_models import blob_images, confident_tiny
+from tests.tiny_models import ViewFlattenNet, blob_images, confident_tiny
 
 CPU = torch.device("cpu")
 SMALL = EstimateConfig(steps=12, checkpoints=(0, 6, 12), probe_size=200, epsilon=1.0)
@@ -243,6 +243,18 @@ class TestPlans:
         plan = fastpath.choose_plan(tiny_model, tiny_spec, CPU, batch_size=64)
         bf16 = fastpath.cpu_supports_bf16()
         assert plan == fastpath.FastPlan(CPU, channels_last=True, bf16=bf16)
+
+    def test_a_model_that_flattens_with_view_runs_contiguous(self, tiny_spec, tiny_images):
+        model = ViewFlattenNet().eval()
+        assert not fastpath.runs_channels_last(model, tiny_spec.input)
+        assert fastpath.runs_channels_last(confident_tiny(), tiny_spec.input)
+        plan = fastpath.choose_plan(model, tiny_spec, CPU, batch_size=64)
+        bf16 = fastpath.cpu_supports_bf16()
+        assert plan == fastpath.FastPlan(CPU, channels_last=False, bf16=bf16)
+        config = EstimateConfig(steps=12, checkpoints=(0, 6, 12), probe_size=200, epsilon=1.0)
+        trajectory = run_trajectory(model, tiny_images, spec=tiny_spec, config=config, device=CPU)
+        assert set(trajectory.signals["uf_source"]) == {0, 6, 12}
+        assert trajectory.used_fraction > 0
 
     def test_tuned_choice_measures_once_per_model_shape(self, tiny_model, tiny_spec):
         first = fastpath.choose_plan(tiny_model, tiny_spec, CPU, batch_size=64, tune=True)

@@ -501,15 +501,16 @@ def choose_plan(
 
     CUDA: fixed (`cuda_plan`). CPU: channels_last, with bf16 autocast where the processor has
     native bf16; the same on every run, so estimates are reproducible for a given thread count.
+    On both, a model whose forward fails on channels_last input (`runs_channels_last`) runs
+    contiguous.
     With `tune` each candidate
     (memory format × native bf16 × threads) runs a few forward+backward passes of the model on
     random input and the fastest wins (benchmarks). Plans are cached per model shape, input size,
     batch size and thread count.
     """
-    if device.type == "cuda":
-        return cuda_plan(device)
     threads = torch.get_num_threads()
     key = (
+        str(device),
         type(model).__qualname__,
         tuple(p.shape for p in model.parameters()),
         spec.input.channels,
@@ -522,9 +523,16 @@ def choose_plan(
         cached = _plan_cache.get(key)
     if cached is not None:
         return cached
-    candidates = cpu_candidates(threads)
-    if not tune or len(candidates) == 1:
-        plan = FastPlan(device=torch.device("cpu"), channels_last=True, bf16=cpu_supports_bf16())
+    layout_ok = runs_channels_last(model, spec.input)
+    if not layout_ok:
+        log.info("fast path: %s fails on channels_last input; it runs contiguous", spec.name)
+    candidates = [p for p in cpu_candidates(threads) if layout_ok or not p.channels_last]
+    if device.type == "cuda":
+        plan = replace(cuda_plan(device), channels_last=layout_ok)
+    elif not tune or len(candidates) == 1:
+        plan = FastPlan(
+            device=torch.device("cpu"), channels_last=layout_ok, bf16=cpu_supports_bf16()
+        )
     else:
         timings = time_candidates(model, spec, candidates, batch_size=batch_size)
         plan = min(timings, key=timings.__getitem__)
@@ -536,6 +544,23 @@ def choose_plan(
     with _plan_lock:
         _plan_cache[key] = plan
     return plan
+
+
+def runs_channels_last(model: nn.Module, spec: InputSpec) -> bool:
+    """Whether the model's forward accepts channels_last input.
+
+    A forward that flattens convolution features with `.view` (not `flatten` or `reshape`), as
+    many hand-written CNNs do, fails on that layout; such a model runs contiguous instead.
+    """
+    probe = copy.deepcopy(model).cpu().eval().to(memory_format=torch.channels_last)
+    height, width = spec.size
+    x = torch.zeros(2, spec.channels, height, width).to(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad():
+            probe(x)
+    except RuntimeError:
+        return False
+    return True
 
 
 def cpu_candidates(threads: int) -> list[FastPlan]:
