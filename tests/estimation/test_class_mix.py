@@ -29,6 +29,22 @@ def test_dominant_subset_gives_one_class_half_of_the_window():
     assert counts.max().item() == 90 and counts.sum().item() == 180
 
 
+@pytest.mark.parametrize("kind", ["balanced", "three", "dominant", "longtail"])
+def test_mixes_draw_only_classes_the_labeled_set_holds(kind):
+    # a 1000-class model's reference set rarely holds every class: here 4 of 100
+    labels = torch.tensor([7, 19, 42, 88]).repeat(50)
+    index = subset_indices(labels, f"{kind}:120", num_classes=100, seed=3)
+    held = set(labels[index].tolist())
+    assert len(index) == 120 and held <= {7, 19, 42, 88}
+    assert len(held) == {"three": 3}.get(kind, 4)
+
+
+def test_one_class_in_the_labeled_set_makes_every_mix_that_class():
+    labels = torch.full((150,), 5)
+    for kind in ("three", "dominant", "longtail"):
+        assert set(labels[subset_indices(labels, kind, num_classes=10, seed=0)].tolist()) == {5}
+
+
 def test_unknown_mix_is_refused_with_the_known_ones():
     with pytest.raises(ValueError, match="balanced, three, dominant, longtail"):
         parse_mix("bimodal")

@@ -32,21 +32,34 @@ def parse_mix(name: str) -> tuple[str, int | None]:
     return kind, int(size) if size else None
 
 
-def mix_proportions(kind: str, num_classes: int, generator: torch.Generator) -> Tensor:
-    """(C,) float64 class proportions of a mix; which classes are favoured is drawn."""
-    order = torch.randperm(num_classes, generator=generator)
+def mix_proportions(
+    kind: str, num_classes: int, generator: torch.Generator, present: Tensor | None = None
+) -> Tensor:
+    """(C,) float64 class proportions of a mix; which classes are favoured is drawn.
+
+    `present` (class indices) limits the mix to the classes a labeled set holds: a reference
+    set rarely holds every class of a 1000-class model, and three classes drawn among all of
+    them would often be three it has no image of. With every class present the draw is the
+    same as without `present`.
+    """
+    classes = torch.arange(num_classes) if present is None else present.cpu().long()
+    if kind not in MIX_KINDS:
+        raise ValueError(f"unknown class mix {kind!r}")
+    if len(classes) == 0:
+        raise ValueError("a class mix needs at least one class with images")
+    order = classes[torch.randperm(len(classes), generator=generator)]
     q = torch.zeros(num_classes, dtype=torch.float64)
     if kind == "balanced":
-        return torch.full((num_classes,), 1.0 / num_classes, dtype=torch.float64)
-    if kind == "three":
-        q[order[: min(3, num_classes)]] = 1.0
-    elif kind == "dominant":
-        q[:] = 0.5 / (num_classes - 1)
+        q[classes] = 1.0
+    elif kind == "three":
+        q[order[:3]] = 1.0
+    elif kind == "dominant" and len(classes) > 1:
+        q[classes] = 0.5 / (len(classes) - 1)
         q[order[0]] = 0.5
-    elif kind == "longtail":
-        q[order] = torch.tensor([0.6**k for k in range(num_classes)], dtype=torch.float64)
-    else:
-        raise ValueError(f"unknown class mix {kind!r}")
+    elif kind == "dominant":
+        q[order[0]] = 1.0
+    else:  # longtail
+        q[order] = torch.tensor([0.6**k for k in range(len(classes))], dtype=torch.float64)
     return q / q.sum()
 
 
@@ -96,9 +109,9 @@ def subset_indices(
     """
     kind, size = parse_mix(name)
     generator = torch.Generator().manual_seed(seed)
-    q = mix_proportions(kind, num_classes, generator)
+    counts = torch.bincount(labels.cpu(), minlength=num_classes).double()
+    q = mix_proportions(kind, num_classes, generator, torch.nonzero(counts).flatten())
     if size is None:
-        counts = torch.bincount(labels.cpu(), minlength=num_classes).double()
         with torch.no_grad():
             ratio = torch.where(q > 0, counts / q.clamp(min=1e-12), torch.full_like(q, math.inf))
         size = max(min_size, int(float(ratio.min())))
