@@ -160,6 +160,16 @@ class TestRefusals:
         ):
             load_model(spec, one_logit)
 
+    def test_batchnorm_without_affine_parameters_is_refused_at_load(self):
+        def frozen(num_classes: int) -> torch.nn.Module:
+            model = tiny(num_classes=num_classes)
+            model.features[1] = torch.nn.BatchNorm2d(model.features[1].num_features, affine=False)
+            return model
+
+        spec = _spec(format="entrypoint", entrypoint="frozen")
+        with pytest.raises(ModelLoadError, match=r"'m': a BatchNorm2d layer has no affine weight"):
+            load_model(spec, builders={"frozen": frozen})
+
     def test_model_without_batchnorm(self):
         spec = _spec(format="entrypoint", entrypoint="no_batchnorm")
         with pytest.raises(ModelLoadError, match="no BatchNorm2d layer"):

@@ -209,7 +209,10 @@ def _check_adaptation_output(model: nn.Module, spec: ModelSpec) -> nn.Module:
     run auxiliary heads there, which need larger inputs than the main one and return named
     tuples. A model that fails only there would pass registration and fail every estimate.
     """
-    adapted = prepare_adaptation_copy(model)
+    try:
+        adapted = prepare_adaptation_copy(model)
+    except ValueError as exc:  # e.g. BatchNorm without affine parameters: nothing to adapt
+        raise ModelLoadError(f"model {spec.name!r}: {exc}") from exc
     set_mode(adapted, train=True)
     height, width = spec.input.size
     x = torch.rand(
