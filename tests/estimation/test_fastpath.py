@@ -256,6 +256,19 @@ class TestPlans:
         assert set(trajectory.signals["uf_source"]) == {0, 6, 12}
         assert trajectory.used_fraction > 0
 
+    def test_a_model_that_breaks_channels_last_only_in_train_mode_runs_contiguous(self, tiny_spec):
+        class TrainOnlyView(nn.Module):  # an auxiliary branch that runs only in train mode
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = confident_tiny()
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                if self.training:
+                    x.view(x.size(0), -1)
+                return self.model(x)
+
+        assert not fastpath.runs_channels_last(TrainOnlyView().eval(), tiny_spec.input)
+
     def test_tuned_choice_measures_once_per_model_shape(self, tiny_model, tiny_spec):
         first = fastpath.choose_plan(tiny_model, tiny_spec, CPU, batch_size=64, tune=True)
         again = fastpath.choose_plan(
