@@ -34,7 +34,6 @@ from flipwatch.demos.data import demo_splits  # noqa: E402
 from flipwatch.workers.estimation.config import EstimateConfig  # noqa: E402
 from flipwatch.workers.estimation.estimate import estimate  # noqa: E402
 from flipwatch.workers.estimation.loading import load_model  # noqa: E402
-from flipwatch.workers.estimation.trajectory import predict  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -81,8 +80,7 @@ def main() -> None:
         result = estimate(model, images, spec=spec, calibration=calibration, config=config)
         truth = None
         if labels is not None:
-            predicted = predict(model, images, spec, device=CPU, chunk_size=500).labels
-            truth = round(float((predicted == labels).double().mean()), 4)
+            truth = round(quality.true_accuracy(model, spec, images, labels, CPU), 4)
         rows.append(
             {
                 "window": name,

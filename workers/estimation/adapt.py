@@ -111,8 +111,13 @@ def logits_of(output: object) -> Tensor:
     return _binary(found)
 
 
+def is_sigmoid_logit(output: object) -> bool:
+    """An (N, 1) tensor: one sigmoid logit per image (see `logits_of`)."""
+    return isinstance(output, Tensor) and output.ndim == 2 and output.shape[1] == 1
+
+
 def _binary(logits: Tensor) -> Tensor:
-    if logits.ndim != 2 or logits.shape[1] != 1:
+    if not is_sigmoid_logit(logits):
         return logits
     half = logits / 2
     return torch.cat([-half, half], dim=1)

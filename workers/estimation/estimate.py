@@ -138,14 +138,15 @@ def estimate(
         )
     value = estimator(values)
     distinct = distinct_images(images)
-    lower, upper, level = _interval(calibration, value, min(trajectory.probe_size, distinct))
+    sized_for = min(trajectory.probe_size, distinct)
+    lower, upper, level = _interval(calibration, value, sized_for)
     warnings = _warnings(trajectory, calibration, config, estimator, fell_back)
     if distinct < DUPLICATE_SHARE_FOR_WARNING * len(images):
         warnings.append(
             f"{len(images) - distinct} of the window's {len(images)} images are exact duplicates "
             f"({distinct} distinct): batch statistics and flips see fewer images than the window "
-            "holds (a stuck camera or a replayed batch?); the interval is sized for "
-            f"{min(trajectory.probe_size, distinct)} images"
+            f"holds (a stuck camera or a replayed batch?); the interval is sized for {sized_for} "
+            "images"
         )
     primary = estimator.features[0]
     described = estimator.describe()

@@ -14,6 +14,7 @@ from torch import nn
 from flipwatch.workers.estimation import zoo
 from flipwatch.workers.estimation.adapt import (
     batchnorm_layers,
+    is_sigmoid_logit,
     logits_of,
     prepare_adaptation_copy,
     set_mode,
@@ -193,9 +194,9 @@ def _check_output(model: nn.Module, spec: ModelSpec) -> None:
     if not torch.isfinite(out).all():
         raise ModelLoadError(f"model {spec.name!r} returns NaN or inf logits on a zeros input")
     if out.shape[1] != spec.num_classes:
-        returned = "one logit (a binary sigmoid classifier: num_classes 2)"
-        if not (isinstance(raw, torch.Tensor) and raw.ndim == 2 and raw.shape[1] == 1):
-            returned = f"{out.shape[1]} logits"
+        returned = f"{out.shape[1]} logits"
+        if is_sigmoid_logit(raw):
+            returned = "one logit (a binary sigmoid classifier: num_classes 2)"
         raise ModelLoadError(
             f"model {spec.name!r} returns {returned} but the spec says num_classes "
             f"{spec.num_classes}"
